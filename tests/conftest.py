@@ -28,5 +28,5 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 def shared_data() -> pathlib.Path:
     """The real datasets beside the checkout (`../shared/data`); skips when absent."""
     if not SHARED_DATA.is_dir():
-      pytest.skip(f"real datasets not found at {SHARED_DATA} (only present on development machines)")
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (only present on development machines)")
     return SHARED_DATA
