@@ -1,0 +1,107 @@
+"""Blockwise JAX k-means against a tiny float64 numpy Lloyd reference, sharded against unsharded."""
+import jax
+import numpy as np
+import pytest
+
+from curation import kmeans as km
+
+
+def _numpy_lloyd(x, c, n_iters):
+    x = x.astype(np.float64)
+    c = c.astype(np.float64).copy()
+    for _ in range(n_iters):
+        a = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+        for j in range(len(c)):
+            if (a == j).any():
+                c[j] = x[a == j].mean(0)
+    d = ((x[:, None] - c[None]) ** 2).sum(-1)
+    a = d.argmin(1)
+    return c, a, d[np.arange(len(x)), a]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((203, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("block_size", [None, 37])
+def test_lloyd_matches_numpy_reference(data, block_size):
+    c0 = data[:11].copy()
+    res = km.kmeans(data, 11, n_iters=4, init=c0, block_size=block_size)
+    c, a, d = _numpy_lloyd(data, c0, 4)
+    np.testing.assert_allclose(res.centroids, c, atol=1e-5)
+    np.testing.assert_array_equal(res.assignment, a)
+    np.testing.assert_allclose(res.distance, d, rtol=1e-4, atol=1e-4)
+    assert res.inertia == pytest.approx(d.sum(), rel=1e-5)
+    assert res.assignment.dtype == np.int32 and res.distance.dtype == np.float32
+
+
+def test_centroid_tiles_match_single_tile(data, monkeypatch):
+    c0 = data[:11].copy()
+    whole = km.kmeans(data, 11, n_iters=2, init=c0, block_size=64)
+    monkeypatch.setattr(km, "_MAX_TILE_K", 4)  # 11 centroids -> 3 tiles, the last one padded
+    tiled = km.kmeans(data, 11, n_iters=2, init=c0, block_size=64)
+    np.testing.assert_array_equal(tiled.assignment, whole.assignment)
+    np.testing.assert_allclose(tiled.centroids, whole.centroids, atol=1e-6)
+
+
+def test_empty_cluster_keeps_centroid(data):
+    far = np.full((1, 8), 1e3, np.float32)
+    c0 = np.concatenate([data[:3], far])
+    res = km.kmeans(data, 4, n_iters=3, init=c0)
+    np.testing.assert_array_equal(res.centroids[3], far[0])
+    assert not (res.assignment == 3).any()
+
+
+def test_cosine_mode(data):
+    res = km.kmeans(data, 5, n_iters=3, mode="cosine", key=1)
+    np.testing.assert_allclose(np.linalg.norm(res.centroids, axis=1), 1.0, atol=1e-5)
+    xn = data / np.linalg.norm(data, axis=1, keepdims=True)
+    cos = xn @ res.centroids.T
+    np.testing.assert_array_equal(res.assignment, cos.argmax(1))
+    np.testing.assert_allclose(res.distance, 1 - cos.max(1), atol=1e-5)
+
+
+def test_assign_matches_bruteforce(data):
+    c = data[50:57]
+    a, d = km.assign(data, c, block_size=16)
+    full = ((data[:, None] - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(a, full.argmin(1))
+    np.testing.assert_allclose(d, full.min(1), rtol=1e-4, atol=1e-4)
+
+
+def test_sharded_equals_unsharded(data):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    c0 = data[:11].copy()
+    single = km.kmeans(data, 11, n_iters=3, init=c0, block_size=10)
+    sharded = km.kmeans(data, 11, n_iters=3, init=c0, block_size=10, mesh=mesh)
+    np.testing.assert_array_equal(sharded.assignment, single.assignment)
+    np.testing.assert_allclose(sharded.centroids, single.centroids, atol=1e-6)
+    assert sharded.inertia == pytest.approx(single.inertia, rel=1e-6)
+
+
+def test_seeding_variants_are_deterministic_and_valid(data):
+    a = km.kmeans_plusplus(data, 6, key=3)
+    np.testing.assert_array_equal(a, km.kmeans_plusplus(data, 6, key=3))
+    assert all((np.abs(data - row).sum(1) == 0).any() for row in a)  # rows of x
+    assert len(np.unique(a, axis=0)) == 6
+    for init in ("kmeans||", "random"):
+        r1 = km.kmeans(data, 6, n_iters=1, init=init, key=2)
+        r2 = km.kmeans(data, 6, n_iters=1, init=init, key=2)
+        np.testing.assert_array_equal(r1.centroids, r2.centroids)
+
+
+def test_bad_inputs(data):
+    bad = data.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(ValueError, match="first bad row is 5"):
+        km.kmeans(bad, 3)
+    with pytest.raises(ValueError, match="k must be in"):
+        km.kmeans(data, 500)
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        km.assign(data, np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="init centroids must have shape"):
+        km.kmeans(data, 3, init=np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="mode"):
+        km.kmeans(data, 3, mode="manhattan")
