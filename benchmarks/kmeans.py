@@ -50,7 +50,7 @@ def _rss() -> int:
 
 def _blobs(n: int, d: int, n_centers: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((n_centers, d), dtype=np.float32) * 4.0
+    centers = rng.standard_normal((n_centers, d), dtype=np.float32)
     owner = rng.integers(0, n_centers, n)
     return centers[owner] + rng.standard_normal((n, d), dtype=np.float32)
 
@@ -80,7 +80,7 @@ def _run_faiss(x, c0, iters):
 def _case(name, n, d, k, iters, repeats, peers, block_size, seed):
     from curation import kmeans as km
 
-    x = _blobs(n, d, max(2, k // 2), seed)
+    x = _blobs(n, d, 4 * k, seed)
     c0 = x[np.random.default_rng(seed + 1).choice(n, k, replace=False)].copy()
     runners = {"oceansar": lambda: _run_oceansar(x, c0, iters, block_size),
                "sklearn": lambda: _run_sklearn(x, c0, iters),

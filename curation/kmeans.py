@@ -22,6 +22,9 @@ _MODES = ("l2", "cosine")
 # Elements of one [block, tile] distance tile; ~1M f32 (4 MiB) measured best on a 2-core CPU for d in 64..256.
 _TILE_ELEMENTS = 1 << 20
 _MAX_TILE_K = 4096
+# Row counts are rounded up to these multiples so that fits on slightly different n share one compilation.
+_SEED_BUCKET = 1024
+_BLOCK_BUCKET = 4
 
 
 @dataclasses.dataclass
@@ -94,7 +97,7 @@ def _n_shards(mesh) -> int:
 def _blocks(x: np.ndarray, block: int, n_shards: int):
     """Pads x to a multiple of block * n_shards rows and reshapes to [n_blocks, block, d] plus a validity mask."""
     n, d = x.shape
-    n_blocks = -(-n // (block * n_shards)) * n_shards
+    n_blocks = -(-n // (block * n_shards * _BLOCK_BUCKET)) * n_shards * _BLOCK_BUCKET
     padded = np.zeros((n_blocks * block, d), np.float32)
     padded[:n] = x
     valid = np.zeros(n_blocks * block, bool)
@@ -238,7 +241,7 @@ def _prepare(x: np.ndarray, k: int, mode: str, block_size, mesh):
     if mode == "cosine":
         x = _normalize_np(x)
     block, tile_k = _tiling(k, block_size)
-    block = min(block, max(8, -(-x.shape[0] // _n_shards(mesh))))
+    block = min(block, max(8, -(-x.shape[0] // (_n_shards(mesh) * _BLOCK_BUCKET))))
     xblocks, valid = _blocks(x, block, _n_shards(mesh))
     xsq = np.einsum("nbd,nbd->nb", xblocks, xblocks)
     return x, tile_k, _place(mesh, xblocks, xsq, valid)
@@ -301,6 +304,10 @@ def kmeans_plusplus(x, k: int, *, key, n_local_trials: int | None = None, sample
     weights = np.ones(n, np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
     if weights.shape != (n,):
         raise ValueError(f"sample_weight must have shape ({n},), got {weights.shape}")
+    # Pad n to a bucket with weight-0 copies of row 0 (never drawn) so resampling rounds reuse one compilation.
+    n_pad = -(-n // _SEED_BUCKET) * _SEED_BUCKET - n
+    x = np.concatenate([x, np.broadcast_to(x[:1], (n_pad, x.shape[1]))])
+    weights = np.concatenate([weights, np.zeros(n_pad, np.float32)])
     out = _kmeanspp_kernel(jnp.asarray(x), jnp.asarray(weights), _key(key), k=k, n_trials=max(1, trials))
     return np.asarray(out)
 
