@@ -1,0 +1,63 @@
+"""Pieces shared by the recipes: the `get_config(arg)` argument parser and the DINO defaults.
+
+Every default of every recipe lives in `configs/`: library code reads config attributes and never
+supplies a fallback of its own.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses a recipe argument like "variant=S/8,smoke" against typed defaults.
+
+    A bare word sets a boolean default to True; `key=value` is converted to the default's type.
+    Unknown keys are an error naming the key and the known ones.
+    """
+    parsed = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"config arg: unknown key {key!r}; known: {sorted(defaults)}")
+        default = defaults[key]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(f"config arg: {key!r} needs a value ({key}=...)")
+            parsed[key] = True
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config arg: {key}={value!r} is not a boolean")
+            parsed[key] = value.lower() in ("true", "1")
+        else:
+            try:
+                parsed[key] = type(default)(value)
+            except ValueError as e:
+                raise ValueError(f"config arg: {key}={value!r} is not a "
+                                 f"{type(default).__name__}") from e
+    return ml_collections.ConfigDict(parsed)
+
+
+def dino_config() -> ml_collections.ConfigDict:
+    """DINO objective and optimisation defaults (METHODS 6.3-6.4), budgets in examples seen."""
+    c = ml_collections.ConfigDict()
+    c.dino = dict(
+        student_temp=0.1,             # tau_s (DINO).
+        teacher_temp=0.07,            # tau_t after warm-up (DINO ViT recipe).
+        warmup_teacher_temp=0.04,     # tau_t at step 0; lower is sharper, avoids early collapse.
+        teacher_temp_warmup_examples=0,  # set per recipe (DINO: 30 epochs' worth).
+        center_momentum=0.9,          # EMA of the teacher-logit centre.
+        teacher_momentum=0.996,       # m0; cosine to 1.0 over the run.
+    )
+    c.optim = dict(
+        base_lr=5e-4,                 # per 256 examples (lr = base_lr * batch_size / 256).
+        min_lr=1e-6,                  # end of the cosine.
+        warmup_examples=0,            # linear lr warm-up; set per recipe (DINO: 10 epochs).
+        weight_decay=0.04,            # cosine 0.04 -> 0.4 (DINO); only on matrices.
+        weight_decay_end=0.4,
+        clip_grad=3.0,                # per-tensor L2 clip (DINO), not global-norm; 0 disables.
+        freeze_last_layer_examples=0,  # prototypes frozen at the start (DINO: 1 epoch).
+        b1=0.9,
+        b2=0.999,
+    )
+    return c

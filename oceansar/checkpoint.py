@@ -1,0 +1,78 @@
+"""Orbax checkpoints of a training run: one composite item per save.
+
+A save holds everything needed to continue exactly: the train state (student, teacher, optimizer,
+centre, loss statistics, rng), the Grain iterator position inside the current epoch, the pruning
+state (the epoch's Selection and policy arrays), and a small JSON record (epoch, examples seen).
+Saves are asynchronous and atomic (Orbax commits a step only once it is fully written), so a run
+killed at any moment restarts from the last committed step. A step whose train state is not
+finite is never saved: the caller checks first and `save` refuses otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves and restores the composite training checkpoint of one workdir."""
+
+    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2,
+                 async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                create=True))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, *, state: Any, data_iterator: grain.DatasetIterator,
+             pruning: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+        """Starts an asynchronous save of `step`; returns False if that step already exists."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            pruning=ocp.args.StandardSave({k: np.asarray(v) for k, v in pruning.items()}),
+            meta=ocp.args.JsonSave(meta))
+        saved = self._manager.save(step, args=args)
+        if not saved:
+            logging.info("checkpoint step %d already exists; not overwritten", step)
+        return saved
+
+    def restore_meta(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The JSON record and the pruning arrays of `step` (read before the data iterator exists)."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore(), pruning=ocp.args.StandardRestore()))
+        return dict(restored.meta), {k: np.asarray(v) for k, v in restored.pruning.items()}
+
+    def restore_state(self, step: int, *, abstract_state: Any,
+                      data_iterator: grain.DatasetIterator | None = None) -> Any:
+        """Restores the train state into `abstract_state`'s shapes and shardings, and moves
+        `data_iterator` (of the checkpoint's epoch), when given, to the saved position."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shape/dtype/sharding skeleton of a pytree of arrays, the target of a sharded restore."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,69 @@
+"""The train state: student and teacher parameters, optimizer state, DINO centre, loss statistics.
+
+Everything is one pytree (`TrainState`) so that the jitted step donates it whole, Orbax saves it
+whole, and sharding rules apply to it whole (replicated over the `data` axis). The NNX graph
+definition is split off once here and closed over by the step: no Python graph traversal per step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from oceansar.models.dino_head import DINOModel
+from oceansar.pruning import loss_stats
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array          # int32: optimizer steps taken
+    params: Any              # student nnx.State (Params)
+    teacher: Any             # teacher nnx.State, EMA of the student, no gradients
+    opt_state: optax.OptState
+    center: jax.Array        # [K] EMA of the teacher logits
+    loss_stats: dict         # per-sample loss statistics (oceansar.pruning.loss_stats)
+    rng: jax.Array           # raw uint32 key; per-step keys are fold_in(rng, step)
+    finite: jax.Array        # bool: every loss so far was finite
+
+
+def build_model(model_config, *, img_size: int, seed: int) -> DINOModel:
+    """The student/teacher architecture of a config, initialised from `seed`."""
+    return DINOModel(
+        model_config.variant, img_size=img_size, in_channels=model_config.in_channels,
+        out_dim=model_config.out_dim, hidden_dim=model_config.hidden_dim,
+        bottleneck_dim=model_config.bottleneck_dim, norm_last_layer=model_config.norm_last_layer,
+        drop_path_rate=model_config.drop_path_rate, dtype=jnp.dtype(model_config.dtype),
+        rngs=nnx.Rngs(seed))
+
+
+def init_state(config, *, num_samples: int, tx: optax.GradientTransformation):
+    """Builds the model and its initial TrainState.
+
+    Returns:
+      (graphdef, rest, state): `graphdef` and `rest` (non-parameter variables, static) rebuild the
+      module with `nnx.merge(graphdef, params, rest)`.
+    """
+    model = build_model(config.model, img_size=config.crops.global_size, seed=config.seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        teacher=jax.tree.map(jnp.copy, params),
+        opt_state=tx.init(params),
+        center=jnp.zeros((config.model.out_dim,), jnp.float32),
+        loss_stats=loss_stats.init(num_samples),
+        rng=jax.random.PRNGKey(config.seed + 1),
+        finite=jnp.ones((), jnp.bool_),
+    )
+    return graphdef, rest, state
+
+
+def last_layer_mask(params) -> Any:
+    """True for the head's prototype layer (`head.last_layer`), frozen at the start of training."""
+    def is_last(path, _):
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        return "head" in keys and "last_layer" in keys
+    return jax.tree_util.tree_map_with_path(is_last, params)
+
