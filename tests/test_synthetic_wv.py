@@ -82,7 +82,13 @@ def test_targets_match_rendered_records():
         assert rec["label"] == t["label"][k]
         assert rec["wind_speed"] == t["wind_speed"][k] and rec["hs"] == t["hs"][k]
     np.testing.assert_array_equal(src.labels(idx), t["label"])
-    assert src.targets()["label"].shape == (1000,)
+    everything = src.targets()
+    assert everything["label"].shape == (1000,)
+    # Sorted (bursts hashed once) and shuffled index orders give the same truth.
+    perm = np.random.default_rng(0).permutation(1000)
+    shuffled = src.targets(perm)
+    for key in ("label", "wind_speed", "hs"):
+        np.testing.assert_array_equal(everything[key][perm], shuffled[key])
 
 
 @pytest.mark.parametrize("burst_length", [1, 8])

@@ -133,10 +133,11 @@ def scene_parameters(seed: int, indices: np.ndarray, *, burst_length: int, burst
     """
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     burst = idx // burst_length
-    if burst_length > 1 and idx.size > 1:
-        # Hash each burst once: a burst's images share its draws.
-        unique_bursts, inverse = np.unique(burst, return_inverse=True)
-        u = _uniforms(seed, unique_bursts, _TARGET_STREAMS)[inverse]
+    if burst_length > 1 and idx.size > 1 and np.all(burst[1:] >= burst[:-1]):
+        # Sorted indices (targets of a whole dataset): hash each burst once, then repeat.
+        starts = np.flatnonzero(np.concatenate([[True], burst[1:] != burst[:-1]]))
+        u = np.repeat(_uniforms(seed, burst[starts], _TARGET_STREAMS),
+                      np.diff(np.append(starts, idx.size)), axis=0)
     else:
         u = _uniforms(seed, burst, _TARGET_STREAMS)
     if balanced:
