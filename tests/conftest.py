@@ -30,3 +30,19 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (only present on development machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """Share compiled programs between the runs of one session (resume tests rebuild the same step)."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield
+
+
+@pytest.fixture
+def smoke_config():
+    """The default recipe's smoke variant: the fixture of every end-to-end test."""
+    from configs import default
+
+    return default.get_config("smoke")
