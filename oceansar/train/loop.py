@@ -207,6 +207,9 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         bar.close()
         raise SystemExit(143)
     finally:
+        # Whatever stops the loop, the saves already started are completed: a crash keeps the
+        # last good checkpoint whole.
+        ckpt.wait()
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
     train_seconds = time.perf_counter() - t_start
