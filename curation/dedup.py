@@ -255,19 +255,19 @@ def centroid_distance(x: np.ndarray | jax.Array, assignment: np.ndarray) -> np.n
                                                    n_clusters=n_clusters))
 
 
-def _check_embeddings(x: np.ndarray | jax.Array, normalize: bool) -> jax.Array:
-    x = jnp.asarray(x, jnp.float32)
+def _check_embeddings(x: np.ndarray | jax.Array, normalize: bool) -> np.ndarray:
+    # Host numpy on purpose: the kernel sorts on the host, and one more device copy of a 300k x 256 set is 300 MB.
+    x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise ValueError(f"x must be [n, d] embeddings, got shape {x.shape}")
-    norms = jnp.linalg.norm(x, axis=1)
-    if not bool(jnp.all(jnp.isfinite(norms))):
-        bad = int(np.flatnonzero(~np.isfinite(np.asarray(norms)))[0])
-        raise ValueError(f"x has a NaN/Inf row (first at index {bad})")
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if not np.isfinite(norms).all():
+        raise ValueError(f"x has a NaN/Inf row (first at index {int(np.flatnonzero(~np.isfinite(norms))[0])})")
     if normalize:
-        if bool(jnp.any(norms == 0)):
-            raise ValueError(f"x has an all-zero row (index {int(np.flatnonzero(np.asarray(norms) == 0)[0])})")
+        if (norms == 0).any():
+            raise ValueError(f"x has an all-zero row (index {int(np.flatnonzero(norms == 0)[0])})")
         return x / norms[:, None]
-    worst = float(jnp.max(jnp.abs(norms - 1.0)))
+    worst = float(np.abs(norms - 1.0).max())
     if worst > 1e-3:
         raise ValueError(f"x rows must be L2-normalised (max |norm - 1| = {worst:.3g}); pass normalize=True")
     return x
@@ -333,7 +333,7 @@ def semdedup(
     kernel = functools.partial(max_earlier_similarity, ordering=ordering, block_size=block_size,
                                group=group, units_per_call=units_per_call, compute_dtype=compute_dtype, mesh=mesh)
 
-    def cluster(points: jax.Array, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def cluster(points: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         res = kmeans_lib.kmeans(points, k, n_iters=kmeans_iters, key=seed, mode="cosine", mesh=mesh)
         return np.asarray(res.assignment), np.asarray(res.distance)
 
@@ -353,7 +353,7 @@ def semdedup(
     for e, t in enumerate(thresholds):
         for p in range(1, n_passes):
             idx = np.flatnonzero(kept[:, e])
-            sub = x[jnp.asarray(idx)]
+            sub = x[idx]
             sub_assignment, sub_distance = cluster(sub, min(n_clusters, idx.size), key + p)
             sub_m = kernel(sub, sub_assignment, sub_distance, key=key + p)
             kept[idx[sub_m > t], e] = False

@@ -23,7 +23,11 @@ def reference_order(members: np.ndarray, distance: np.ndarray, ordering: str, pr
 
 def semdedup_reference(x: np.ndarray, assignment: np.ndarray, distance: np.ndarray, eps_list, ordering: str = "hard",
                        key: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Kept mask [n, n_eps] and M [n] (-inf for first members) of one SemDeDup pass, cluster by cluster."""
+    """Kept mask [n, n_eps] and M [n] of one SemDeDup pass, cluster by cluster.
+
+    As in the original, M = max(0, max_{i<j} s_ij) (the zeroed lower triangle enters the column max) and -inf for
+    a cluster's first member; for eps < 1 the decision M > 1 - eps is the same as with the plain maximum.
+    """
     n = x.shape[0]
     priority = np.random.default_rng(key).permutation(n)
     m = np.full(n, -np.inf, np.float32)
@@ -67,7 +71,7 @@ def test_kept_set_equals_reference(ordering):
                          distance=distance, **SMALL_TILES)
     np.testing.assert_array_equal(res.kept, kept_ref)
     np.testing.assert_array_equal(np.isfinite(res.max_similarity), finite)
-    np.testing.assert_allclose(res.max_similarity[finite], m_ref[finite], atol=1e-6)
+    np.testing.assert_allclose(np.maximum(res.max_similarity[finite], 0), m_ref[finite], atol=1e-6)
     assert 0 < (~res.kept).sum() < res.kept.size  # the eps grid actually removes some and keeps some
     assert res.kept[np.flatnonzero(np.bincount(assignment)[assignment] == 1)].all()  # the singleton
 
