@@ -68,6 +68,10 @@ class MultiCropSpec:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __post_init__(self):
+        # Configs hand over lists; tuples keep the spec hashable (a static jit argument).
+        for field in ("global_scale", "local_scale", "ratio", "contrast", "blur_p_global", "blur_sigma"):
+            object.__setattr__(self, field, tuple(float(v) for v in getattr(self, field)))
+
         def fail(field, why):
             raise ValueError(f"MultiCropSpec.{field}: {why}, got {getattr(self, field)!r}")
 

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from oceansar.losses.dino import collapse_monitors, dino_loss, update_center
 from oceansar.losses.koleo import koleo_loss
@@ -79,6 +80,14 @@ def test_update_center_matches_reference():
     assert new.shape == (1, K) and new.dtype == np.float32
     np.testing.assert_allclose(new, ref, rtol=1e-6)
     np.testing.assert_allclose(update_center(center[0], teacher, 0.9), ref[0], rtol=1e-6)
+
+
+def test_update_center_all_reduces_under_batch_sharding():
+    """The global batch mean compiles to an all-reduce of [K], never an all-gather of the teacher logits."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    teacher = jax.device_put(np.ones((2, 16, K), np.float32), NamedSharding(mesh, P(None, "data")))
+    hlo = jax.jit(update_center).lower(np.zeros((1, K), np.float32), teacher).compile().as_text()
+    assert "all-reduce" in hlo and "all-gather" not in hlo
 
 
 def test_collapse_monitors_uniform_versus_peaked():

@@ -88,7 +88,9 @@ def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float 
     module docstring), matching DINO's all-reduce. Returns the new centre in `center`'s shape and dtype.
     """
     t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
-    batch_center = jnp.mean(t.reshape(-1, t.shape[-1]), axis=0)
+    # Reduce over (crop, batch) without reshaping them into one axis: merging a replicated crop axis with a sharded
+    # batch axis would make XLA all-gather the whole [n_global, B, K] tensor instead of all-reducing [K].
+    batch_center = jnp.mean(t, axis=tuple(range(t.ndim - 1)))
     new = momentum * jnp.reshape(center, (-1,)).astype(jnp.float32) + (1.0 - momentum) * batch_center
     return new.reshape(center.shape).astype(center.dtype)
 
@@ -111,12 +113,11 @@ def collapse_monitors(teacher_logits: jax.Array, center: jax.Array, teacher_temp
     p = jnp.exp(log_p)
     k = t.shape[-1]
     entropy = -jnp.sum(p * log_p, axis=-1)
-    p_mean = jnp.mean(p.reshape(-1, k), axis=0)
+    p_mean = jnp.mean(p, axis=tuple(range(p.ndim - 1)))
     kl = jnp.sum(p_mean * (jnp.log(jnp.maximum(p_mean, 1e-30)) + jnp.log(k)))
     out = {"teacher_entropy": jnp.mean(entropy), "teacher_kl_to_uniform": kl}
     if student_embeddings is not None:
         e = jax.lax.stop_gradient(student_embeddings).astype(jnp.float32)
-        e = e.reshape(-1, e.shape[-1])
         e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-        out["student_feature_std"] = jnp.mean(jnp.std(e, axis=0))
+        out["student_feature_std"] = jnp.mean(jnp.std(e, axis=tuple(range(e.ndim - 1))))
     return out
