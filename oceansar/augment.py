@@ -6,8 +6,8 @@ interpolation matrices [out, H] and [out, W] (antialiased bicubic or bilinear, t
 built from the sampled box, flips are folded into them, and the crop is `Wy @ image @ Wx^T`. Rot90 on square crops is
 a transpose selected per sample. Photometric jitter follows METHODS 6.2's SAR adaptation: brightness becomes an
 additive dB offset, contrast a scale around the crop mean, saturation/hue/grayscale/solarize are dropped, Gaussian blur
-is kept (folded into the resampling matrices). Inputs are float images already standardised (zero-mean, unit-std dB-like); uint8 decoding and
-standardisation happen before. iBOT masks do not live here yet.
+is kept (folded into the resampling matrices). Inputs are float images already standardised (zero-mean, unit-std
+dB-like); uint8 decoding and standardisation happen before. iBOT masks do not live here yet.
 """
 from __future__ import annotations
 
