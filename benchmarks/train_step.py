@@ -1,0 +1,283 @@
+r"""Benchmark: throughput, model FLOPs and MFU of the real DINO train step. Prints JSON.
+
+The step is built exactly as `oceansar.train.loop` builds it (`init_state`, `sharding.replicate`,
+`make_train_step`, `sharding.shard_batch`) and fed one synthetic uint8 batch that stays on the
+device, so the timing covers the whole jitted step (multi-crop, student and teacher, loss, AdamW,
+EMA, loss statistics) and nothing of the host pipeline. Lowering and compilation are timed apart
+from the steps; steps are dispatched back to back as in the loop and timed with
+`jax.block_until_ready` over `--steps` steps, `--repeats` times (best and median reported: the
+machine may be shared).
+
+FLOPs are model FLOPs from `oceansar.flops` (matmuls only, 2 per multiply-accumulate; the formula
+is in the JSON), cross-checked against an exact count of the traced program's matmuls (forward and
+backward as traced, multi-crop resampling included) and against XLA's own `cost_analysis()`
+(every op, elementwise included). MFU divides the achieved rate by the device's dense bf16 peak
+when `oceansar.flops.PEAK_TFLOPS` knows the device; on a CPU it is null and the step is compared with a large
+matmul timed in the same run instead.
+
+    python -m benchmarks.train_step                                   # configs/default.py (mu/8)
+    python -m benchmarks.train_step --variant=S/16 --global_size=224 --local_size=96 --n_local=8 \
+        --batch_size=8 --steps=3 --repeats=1
+    python -m benchmarks.train_step --config=configs/oceansar1.py:variant=S/8 --dtype=bfloat16 \
+        --batch_size=64                                               # one GPU
+    JAX_NUM_CPU_DEVICES=8 python -m benchmarks.train_step             # the 8-device mesh, emulated on a CPU
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any
+
+# Run as a script (`python benchmarks/train_step.py`), the recipes' `from configs import ...` (and `oceansar` when it
+# is not installed) need the repository root on the path, as `python -m benchmarks.train_step` from the root gives.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from oceansar import flops, sharding  # noqa: E402
+from oceansar.train import optimizer as optim_lib  # noqa: E402
+from oceansar.train import state as state_lib  # noqa: E402
+from oceansar.train import step as step_lib  # noqa: E402
+from oceansar.validate import validate  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(_ROOT / "configs" / "default.py"), "Recipe file, optionally with ':arg'.", lock_config=False)
+_VARIANT = flags.DEFINE_string("variant", None, "ViT variant (sets config.model.variant), e.g. S/16.")
+_DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype (sets config.model.dtype): float32 or bfloat16.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch size (sets config.batch_size).")
+_GLOBAL = flags.DEFINE_integer("global_size", None, "Global crop side (sets config.crops.global_size).")
+_LOCAL = flags.DEFINE_integer("local_size", None, "Local crop side (sets config.crops.local_size).")
+_N_LOCAL = flags.DEFINE_integer("n_local", None, "Local crops per image (sets config.crops.n_local).")
+_IMAGE = flags.DEFINE_integer(
+    "image_size", None, "Side of the synthetic source images (sets config.data.image_size); by default the "
+    "config's, raised to the global crop side when smaller.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation (the first includes dispatch set-up).")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices in the data mesh; 0 = all visible.")
+_CEILING = flags.DEFINE_integer(
+    "ceiling_size", 0, "Side n of the n x n matmul timed as this device's ceiling; 0 = 2048 on CPU, 8192 "
+    "elsewhere.")
+
+def _apply_flags(config) -> dict[str, Any]:
+    """Writes the command-line overrides into `config`; returns notes on values the benchmark chose itself."""
+    notes = {}
+    if _VARIANT.value is not None:
+        config.model.variant = _VARIANT.value
+    if _DTYPE.value is not None:
+        config.model.dtype = _DTYPE.value
+    if _BATCH.value is not None:
+        config.batch_size = _BATCH.value
+        config.total_examples = max(config.total_examples, config.batch_size)
+    if _GLOBAL.value is not None:
+        config.crops.global_size = _GLOBAL.value
+    if _LOCAL.value is not None:
+        config.crops.local_size = _LOCAL.value
+    if _N_LOCAL.value is not None:
+        config.crops.n_local = _N_LOCAL.value
+    if _IMAGE.value is not None:
+        config.data.image_size = _IMAGE.value
+    elif config.data.image_size < config.crops.global_size:
+        notes["image_size"] = (f"raised from the config's {config.data.image_size} to the global crop side "
+                               f"{config.crops.global_size}")
+        config.data.image_size = config.crops.global_size
+    for name, flag in (("--steps", _STEPS), ("--repeats", _REPEATS)):
+        if flag.value < 1:
+            raise ValueError(f"{name}: must be >= 1, got {flag.value}")
+    if _WARMUP.value < 1:
+        raise ValueError(f"--warmup: must be >= 1 (the first call pays dispatch set-up), got {_WARMUP.value}")
+    return notes
+
+
+def _synthetic_batch(config, rng) -> dict:
+    """This process's slice of one global batch of uint8 images, as the Grain pipeline yields it."""
+    local = config.batch_size // jax.process_count()
+    size, channels = config.data.image_size, config.model.in_channels
+    first = jax.process_index() * local
+    return {
+        "image": rng.integers(0, 256, (local, size, size, channels), dtype=np.uint8),
+        "sample_id": (np.arange(first, first + local) % config.data.num_samples).astype(np.int64),
+        "weight": np.ones((local,), np.float32),
+    }
+
+
+def _cost_flops(compiled) -> float | None:
+    """XLA's flop estimate of one device's program, when the backend provides one."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without cost analysis raise assorted errors
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def _memory(compiled) -> dict[str, int] | None:
+    """Per-device buffer sizes from XLA's buffer assignment, when the backend provides them."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - as above
+        return None
+    if stats is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes", "peak_memory_in_bytes")
+    return {f: int(getattr(stats, f)) for f in fields if getattr(stats, f, None) is not None}
+
+
+def matmul_ceiling(n: int, dtype, *, repeats: int = 5) -> float:
+    """Best TFLOP/s of one jitted n x n x n matmul on the default device (f32 accumulation for low precision)."""
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    jax.block_until_ready(dot(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(dot(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def run(config, notes: dict[str, Any]) -> dict[str, Any]:
+    """Builds, compiles and times the train step of `config`; returns the JSON report."""
+    num_devices = _NUM_DEVICES.value or jax.device_count()
+    validate(config, num_devices=num_devices, process_count=jax.process_count())
+    mesh = sharding.make_mesh(_NUM_DEVICES.value or None)
+    budget = step_lib.Budget.from_config(config)
+    tx = optim_lib.make_optimizer(config.optim)
+    graphdef, rest, state = state_lib.init_state(config, num_samples=config.data.num_samples, tx=tx)
+    nlayers = len(state.params["head"]["mlp"])
+    state = sharding.replicate(mesh, state)
+    train_step = step_lib.make_train_step(graphdef, rest, tx, config, budget)
+    batch = sharding.shard_batch(mesh, _synthetic_batch(config, np.random.default_rng(0)))
+
+    t0 = time.perf_counter()
+    traced = train_step.trace(state, batch)
+    lowered = traced.lower()
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    xla_flops_per_device = _cost_flops(compiled)
+    memory = _memory(compiled)
+    traced_matmul_flops = flops.jaxpr_matmul_flops(traced.jaxpr)
+
+    # The loop's own call path; the jit cache holds the executable compiled above.
+    t3 = time.perf_counter()
+    state, metrics, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+    first_call_s = time.perf_counter() - t3
+    for _ in range(_WARMUP.value - 1):
+        state, metrics, _ = train_step(state, batch)
+    jax.block_until_ready(state)
+
+    windows = []
+    for _ in range(_REPEATS.value):
+        t0w = time.perf_counter()
+        for _ in range(_STEPS.value):
+            state, metrics, _ = train_step(state, batch)
+        jax.block_until_ready(state)
+        windows.append((time.perf_counter() - t0w) / _STEPS.value)
+    final_loss = float(jax.device_get(metrics["train/loss"]))
+    if not np.isfinite(final_loss):
+        raise FloatingPointError(f"train step produced loss {final_loss}: the timing is of a broken step")
+
+    device = jax.devices()[0]
+    platform = device.platform
+    b = config.batch_size
+    analytic = flops.dino_step_flops(config.model, config.crops, nlayers=nlayers)
+    augment = flops.multicrop_flops(config.crops, image_size=config.data.image_size,
+                                    in_channels=config.model.in_channels)
+    step_s_best, step_s_median = min(windows), statistics.median(windows)
+    achieved = analytic["total"] * b / step_s_best / 1e12
+    peak = flops.peak_tflops(device.device_kind)
+    ceiling_dtype = jnp.float32 if platform == "cpu" else jnp.dtype(config.model.dtype)
+    ceiling_n = _CEILING.value or (2048 if platform == "cpu" else 8192)
+    ceiling = matmul_ceiling(ceiling_n, ceiling_dtype)
+    # CPU "devices" share the host's cores, so their ceiling is the host's; accelerators add up.
+    ceiling_total = ceiling if platform == "cpu" else ceiling * num_devices
+    xla_per_sample = None if xla_flops_per_device is None else xla_flops_per_device * num_devices / b
+
+    c = config.crops
+    return {
+        "benchmark": "train_step",
+        "config": {
+            "recipe": config.name,
+            "variant": config.model.variant,
+            "dtype": str(config.model.dtype),
+            "batch_size": b,
+            "image_size": config.data.image_size,
+            "in_channels": config.model.in_channels,
+            "crops": {"n_global": c.n_global, "global_size": c.global_size, "n_local": c.n_local,
+                      "local_size": c.local_size},
+            "head": {"hidden_dim": config.model.hidden_dim, "bottleneck_dim": config.model.bottleneck_dim,
+                     "out_dim": config.model.out_dim, "nlayers": nlayers},
+            "notes": notes,
+        },
+        "device": {"platform": platform, "device_kind": device.device_kind, "num_devices": num_devices,
+                   "process_count": jax.process_count(), "jax": jax.__version__},
+        "timing": {
+            "trace_lower_s": round(t1 - t0, 3),
+            "compile_s": round(t2 - t1, 3),
+            "first_call_s": round(first_call_s, 4),
+            "steps_per_repeat": _STEPS.value,
+            "repeats": _REPEATS.value,
+            "step_ms_best": round(1e3 * step_s_best, 3),
+            "step_ms_median": round(1e3 * step_s_median, 3),
+            "samples_per_s": round(b / step_s_best, 2),
+            "samples_per_s_median": round(b / step_s_median, 2),
+            "final_loss": final_loss,
+        },
+        "flops": {
+            "formula": flops.DINO_STEP_FORMULA,
+            "analytic_per_sample": analytic,
+            "analytic_per_step": analytic["total"] * b,
+            "multicrop_matmul_per_sample": augment,
+            "traced_matmul_per_sample": traced_matmul_flops / b,
+            "traced_over_analytic_plus_multicrop": round(
+                traced_matmul_flops / b / (analytic["total"] + augment), 4),
+            "xla_cost_analysis_per_sample": xla_per_sample,
+            "xla_over_analytic": None if xla_per_sample is None else round(xla_per_sample / analytic["total"], 4),
+            "notes": ("analytic: model matmuls only, backward as 2x forward. traced: every dot_general/conv of the "
+                      "jitted step as traced (true backward, multi-crop resampling, position-embedding resize). "
+                      "xla_cost_analysis: XLA's estimate for one device's partitioned program times the device "
+                      "count, every op counted (elementwise, reductions, transcendentals as flops; replicated work "
+                      "such as AdamW and the EMA once per device). Custom calls such as cuDNN attention count 0 in "
+                      "both traced and XLA numbers."),
+        },
+        "throughput": {
+            "achieved_tflops": round(achieved, 4),
+            "peak_tflops_per_device": peak,
+            "peak_basis": "dense bf16 datasheet peak" if peak is not None else "unknown for this device",
+            "mfu": None if peak is None else round(achieved / (peak * num_devices), 4),
+            "matmul_ceiling": {"n": ceiling_n, "dtype": jnp.dtype(ceiling_dtype).name,
+                               "tflops_one_device": round(ceiling, 4),
+                               "tflops_all_devices": round(ceiling_total, 4)},
+            "fraction_of_matmul_ceiling": round(achieved / ceiling_total, 4),
+        },
+        "memory_per_device_bytes": memory,
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    notes = _apply_flags(config)
+    print(json.dumps(run(config, notes), indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,180 @@
+"""FLOP accounting for DINO pretraining: analytic matmul FLOPs of the ViT, the DINO head and the multi-crop, and an
+exact count of the matmul FLOPs of any traced JAX program.
+
+Conventions: 2 FLOPs per multiply-accumulate, and only matrix multiplies and convolutions count (LayerNorm, softmax,
+GELU, the optimizer and other elementwise work do not): the usual "model FLOPs" of MFU. The analytic formulas follow
+the modules in `oceansar.models` (pre-norm ViT with fused qkv and a CLS token, DINO head MLP + prototype layer) and
+`oceansar.augment` (separable resampling with the blur folded in); `jaxpr_matmul_flops` checks them by walking a
+jaxpr's `dot_general` and `conv_general_dilated` equations. `PEAK_TFLOPS` holds the accelerators' datasheet peaks
+that MFU divides by. Nothing here times or touches a device: `benchmarks/train_step.py` measures.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jax.extend import core as jex_core
+
+from oceansar.models.vit import parse_variant
+
+
+# Dense (no sparsity) bf16 peaks per device in TFLOP/s, from the vendors' datasheets. The first key contained in the
+# lower-cased `jax.Device.device_kind` wins, so specific names precede their prefixes.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("h100 pcie", 756.0),
+    ("h100 nvl", 835.0),
+    ("h100", 989.0),      # SXM: "NVIDIA H100 80GB HBM3"
+    ("gh200", 989.0),
+    ("h200", 989.0),
+    ("a100", 312.0),
+    ("tpu v4", 275.0),
+    ("tpu v5 lite", 197.0),
+    ("tpu v5e", 197.0),
+    ("tpu v5p", 459.0),
+    ("tpu v5", 459.0),    # v5p reports "TPU v5"
+    ("tpu v6 lite", 918.0),
+)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """The dense bf16 peak of one device named by its `device_kind`, or None when unknown (CPUs)."""
+    kind = device_kind.lower()
+    for key, peak in PEAK_TFLOPS:
+        if key in kind:
+            return peak
+    return None
+
+
+def vit_forward_flops(variant: str, img_size: int, *, in_channels: int) -> int:
+    """Matmul FLOPs of one ViT backbone forward on one img_size x img_size image.
+
+    With N = (img_size / patch)^2 patches, T = N + 1 tokens, width D, MLP width M and L blocks:
+    2 * [N p^2 C D + L (T (4 D^2 + 2 D M) + 2 T^2 D)], where 4 D^2 is qkv (3 D^2) plus the output projection, 2 D M
+    the MLP, and 2 T^2 D the attention scores QK^T and the weighted sum AV over all heads.
+    """
+    v = parse_variant(variant)
+    p, d, m, depth = v["patch"], v["width"], v["mlp_dim"], v["depth"]
+    if img_size % p:
+        raise ValueError(f"img_size {img_size} is not a multiple of the patch size {p} of {variant!r}")
+    n = (img_size // p) ** 2
+    t = n + 1
+    patch_embed = n * p * p * in_channels * d
+    per_block = t * (4 * d * d + 2 * d * m) + 2 * t * t * d
+    return 2 * (patch_embed + depth * per_block)
+
+
+def head_forward_flops(in_dim: int, *, hidden_dim: int, bottleneck_dim: int, out_dim: int, nlayers: int) -> int:
+    """Matmul FLOPs of one DINO head forward on one feature vector: the MLP to the bottleneck, then the prototypes."""
+    dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+    mlp = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return 2 * (mlp + bottleneck_dim * out_dim)
+
+
+def dino_model_forward_flops(model_config: Any, img_size: int, *, nlayers: int) -> int:
+    """Matmul FLOPs of one `DINOModel` forward (backbone + head on the CLS token) on one crop."""
+    width = parse_variant(model_config.variant)["width"]
+    return (vit_forward_flops(model_config.variant, img_size, in_channels=model_config.in_channels)
+            + head_forward_flops(width, hidden_dim=model_config.hidden_dim,
+                                 bottleneck_dim=model_config.bottleneck_dim, out_dim=model_config.out_dim,
+                                 nlayers=nlayers))
+
+
+DINO_STEP_FORMULA = (
+    "per sample: 3 * (n_global * F(global_size) + n_local * F(local_size)) [student forward + backward, backward ~ "
+    "2x forward] + n_global * F(global_size) [teacher forward]; F(s) = 2 * [N p^2 C D + L (T (4 D^2 + 2 D M) + "
+    "2 T^2 D) + sum_i(d_i d_(i+1)) + Bn K] with N = (s/p)^2 patches, T = N + 1 tokens, width D, MLP width M, depth "
+    "L, C input channels, head MLP dims d = [D, H, ..., H, Bn] and K prototypes; 2 FLOPs per multiply-accumulate, "
+    "matmuls only (attention QK^T and AV included)")
+
+
+def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int) -> dict[str, int]:
+    """Analytic model FLOPs per training sample of one DINO step (see `DINO_STEP_FORMULA`).
+
+    Args:
+        model_config: `config.model` (variant, in_channels, hidden_dim, bottleneck_dim, out_dim).
+        crops_config: `config.crops` (global_size, local_size, n_global, n_local).
+        nlayers: DINO head MLP depth.
+
+    Returns:
+        forward FLOPs of one global and one local crop, the student's forward + backward, the teacher's forward and
+        their sum, all per sample.
+    """
+    c = crops_config
+    f_global = dino_model_forward_flops(model_config, c.global_size, nlayers=nlayers)
+    f_local = dino_model_forward_flops(model_config, c.local_size, nlayers=nlayers) if c.n_local else 0
+    student_forward = c.n_global * f_global + c.n_local * f_local
+    teacher = c.n_global * f_global
+    return {
+        "forward_global_crop": f_global,
+        "forward_local_crop": f_local,
+        "student_forward": student_forward,
+        "student_forward_backward": 3 * student_forward,
+        "teacher_forward": teacher,
+        "total": 3 * student_forward + teacher,
+    }
+
+
+def multicrop_flops(crops_config: Any, *, image_size: int, in_channels: int) -> int:
+    """Matmul FLOPs per sample of `oceansar.augment.multicrop` on a square image_size image.
+
+    A size-S crop of an H x W image costs S H W C + S^2 W C multiply-accumulates (rows, then columns), plus
+    S^2 (H + W) to fold the blur into the two resampling matrices when the blur radius is positive.
+    """
+    c = crops_config
+    h = w = image_size
+    total = 0
+    for size, count in ((c.global_size, c.n_global), (c.local_size, c.n_local)):
+        macs = size * h * w * in_channels + size * size * w * in_channels
+        if min(math.ceil(3 * c.blur_sigma[1]), size - 1) > 0:
+            macs += size * size * (h + w)
+        total += count * macs
+    return 2 * total
+
+
+def _eqn_matmul_flops(eqn) -> int:
+    name = eqn.primitive.name
+    if name == "dot_general":
+        (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+        lhs_shape = eqn.invars[0].aval.shape
+        return 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[i] for i in lhs_contract)
+    if name == "conv_general_dilated":
+        rhs_shape = eqn.invars[1].aval.shape
+        out_features = rhs_shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+        # Every output element sums over one kernel window of one feature group: prod(rhs) / O terms.
+        return 2 * math.prod(eqn.outvars[0].aval.shape) * (math.prod(rhs_shape) // out_features)
+    return 0
+
+
+def _sub_jaxprs(value) -> list:
+    if isinstance(value, jex_core.ClosedJaxpr):
+        return [value.jaxpr]
+    if isinstance(value, jex_core.Jaxpr):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [j for v in value for j in _sub_jaxprs(v)]
+    return []
+
+
+def jaxpr_matmul_flops(jaxpr) -> int:
+    """Exact matmul FLOPs (2 per multiply-accumulate) of the `dot_general` and `conv_general_dilated` equations of a
+    jaxpr, recursing into nested jaxprs (jit, custom_jvp/vjp, remat; `scan` bodies times their length).
+
+    A `cond` counts its most expensive branch. `while` bodies are counted once (their trip count is not static).
+    Fused kernels that are custom calls (e.g. cuDNN attention) are invisible here.
+
+    Args:
+        jaxpr: a `ClosedJaxpr` or `Jaxpr`, e.g. `jax.make_jaxpr(f)(*args)` or `jax.jit(f).trace(*args).jaxpr`.
+    """
+    if isinstance(jaxpr, jex_core.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += _eqn_matmul_flops(eqn)
+        if eqn.primitive.name == "cond":
+            total += max(jaxpr_matmul_flops(b) for b in eqn.params["branches"])
+            continue
+        inner = sum(jaxpr_matmul_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
+        if eqn.primitive.name == "scan":
+            inner *= eqn.params["length"]
+        total += inner
+    return total
