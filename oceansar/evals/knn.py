@@ -103,11 +103,11 @@ def _knn_predict(train, train_labels, test, temperature, *, ks, num_classes, blo
         # It is written as max(), not top_sim[:, :1]: XLA rewrites a slice of top_k's values into a full
         # stable sort of the [block, n_train] similarities, ~15x slower than its TopK kernel.
         weight = jnp.exp((top_sim - top_sim.max(axis=-1, keepdims=True)) / temperature)
-        # A one-hot contraction, not a scatter-add: XLA:CPU scatters are ~10x slower than the matmul.
-        one_hot = jax.nn.one_hot(top_labels, num_classes, dtype=jnp.float32)
+        rows = jnp.arange(block)[:, None]
         predictions = []
         for k in ks:
-            votes = jnp.einsum("bk,bkc->bc", jnp.where(position < k, weight, 0.0), one_hot)
+            votes = jnp.zeros((block, num_classes), jnp.float32).at[rows, top_labels].add(
+                jnp.where(position < k, weight, 0.0))
             # argmax returns the lowest class among equal votes.
             predictions.append(jnp.argmax(votes, axis=-1))
         return jnp.stack(predictions)
