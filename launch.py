@@ -20,7 +20,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Recipe file, optionally with ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<recipe name>).")
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export", "embed", "curate"], "What to do.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank.")

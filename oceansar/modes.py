@@ -7,7 +7,9 @@ import pathlib
 
 from oceansar import release, sharding
 from oceansar.checkpoint import Checkpointer, abstract_like
+from oceansar.curate import curate
 from oceansar.data import sources
+from oceansar.embed import embed
 from oceansar.train import loop
 from oceansar.train import optimizer as optim_lib
 from oceansar.train import state as state_lib
@@ -49,4 +51,4 @@ def export(config, workdir) -> pathlib.Path:
     return out
 
 
-MODES = {"pretrain": pretrain, "evaluate": evaluate, "export": export}
+MODES = {"pretrain": pretrain, "evaluate": evaluate, "export": export, "embed": embed, "curate": curate}

@@ -1,0 +1,135 @@
+"""`launch.py --mode=embed`: embeddings of any pretraining source with a released backbone.
+
+Here live the jitted embedding function of a release (standardise with the release's input scale, one
+centre view at the release's resolution, CLS token, L2 normalisation), its run over a source (the
+batched, mesh-sharded loop itself is `oceansar.evals.features.extract_features`), and the mode
+`embed(config, workdir)`, which writes `X.npy` (float16) + `sample_ids.npy` with `curation.io`, plus
+`labels.npy` when the source is labelled and `embed.json` (which source, which release, so curation
+can render the images behind each row). Curation decisions live in `oceansar/curate.py`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from curation import io as curation_io
+from oceansar import augment, release, sharding
+from oceansar.data import sources
+from oceansar.evals import features as features_lib
+
+MANIFEST_FILE = "embed.json"
+LABELS_FILE = "labels.npy"
+
+
+def make_embed_fn(release_dir: str | pathlib.Path) -> tuple[Callable[[Any, jax.Array], jax.Array], Any,
+                                                             dict[str, Any]]:
+    """The jitted embedding function of a released backbone.
+
+    Args:
+      release_dir: a directory written by `oceansar.release.export` (`--mode=export`).
+
+    Returns:
+      (fn, params, spec): `fn(params, images)` maps source images [B, H, W, C] (uint8, or float in
+      [0, 1]) to L2-normalised CLS features [B, D] float32, on the release's centre view; `spec` is
+      the release's `model.json`.
+    """
+    vit, spec = release.load(release_dir)
+    graphdef, params = nnx.split(vit)
+
+    def embed_images(params, images):
+        model = nnx.merge(graphdef, params)
+        x = augment.center_view(release.standardize(images, spec), spec["img_size"])
+        cls = model(x, train=False)["cls"]
+        return cls / jnp.maximum(jnp.linalg.norm(cls, axis=-1, keepdims=True), 1e-12)
+
+    return jax.jit(embed_images), params, spec
+
+
+def embed_source(release_dir: str | pathlib.Path, source, *, batch_size: int, mesh: jax.sharding.Mesh,
+                 progress: bool = False, desc: str = "embed") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """L2-normalised CLS features of every record of `source` with the backbone at `release_dir`.
+
+    Args:
+      release_dir: the release directory.
+      source: random-access source (`len`, `__getitem__` -> dict with `image`, `sample_id`, ...).
+      batch_size: global batch size, a multiple of the mesh's device count (the last batch is padded).
+      mesh: the data-parallel mesh the batch is sharded over.
+      progress: show a tqdm bar.
+      desc: the bar's label.
+
+    Returns:
+      (result, spec): `result` from `extract_features` ("features" [n, D] float32, "sample_id" [n] and
+      the records' scalar fields such as "label"), and the release's spec.
+    """
+    fn, params, spec = make_embed_fn(release_dir)
+    channels = np.asarray(source[0]["image"]).shape[-1]
+    if channels != spec["in_channels"]:
+        raise ValueError(f"{source!r} gives {channels}-channel images but the release at {release_dir} "
+                         f"takes in_channels={spec['in_channels']}")
+    params = sharding.replicate(mesh, params)
+    result = features_lib.extract_features(functools.partial(fn, params), source, batch_size=batch_size,
+                                           mesh=mesh, progress=progress, desc=desc)
+    return result, spec
+
+
+def embed(config, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Embeds `config.data`'s pool with the backbone at `config.release`.
+
+    Row i of the output is source index i (every oceansar source's `sample_id` is its index), so a
+    selection of rows is a selection of source indices.
+
+    Returns:
+      `workdir`, now holding `X.npy`, `sample_ids.npy`, `embed.json` and, for labelled sources,
+      `labels.npy`.
+    """
+    if not config.release:
+        raise ValueError("config.release: empty; pass the release directory written by --mode=export "
+                         "(--config=configs/embed.py:release=PATH)")
+    release_dir = pathlib.Path(config.release)
+    if not (release_dir / "model.json").is_file():
+        raise FileNotFoundError(f"config.release: {release_dir / 'model.json'} not found: "
+                                f"not an oceansar release directory")
+    mesh = sharding.make_mesh(config.num_devices or None)
+    if config.batch_size <= 0 or config.batch_size % mesh.size:
+        raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of the "
+                         f"{mesh.size} devices")
+    source = sources.make_pretrain_source(config.data, seed=config.seed)
+    out_dir = pathlib.Path(workdir)
+    start = time.perf_counter()
+    result, spec = embed_source(release_dir, source, batch_size=config.batch_size, mesh=mesh,
+                                progress=config.progress and jax.process_index() == 0,
+                                desc=f"embed {config.data.source}")
+    seconds = time.perf_counter() - start
+    if jax.process_index() == 0:
+        curation_io.save_embeddings(out_dir, result["features"], result["sample_id"])
+        if "label" in result:
+            np.save(out_dir / LABELS_FILE, result["label"].astype(np.int32))
+        manifest = {
+            "release": str(release_dir.absolute()),
+            "model": spec,
+            "features": "cls, L2-normalised, centre view at the release's img_size",
+            "data": config.data.to_dict(),
+            "seed": config.seed,
+            "source": repr(source),
+            "num_samples": int(result["features"].shape[0]),
+            "dim": int(result["features"].shape[1]),
+            "labelled": "label" in result,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(result["features"].shape[0] / max(seconds, 1e-9), 1),
+        }
+        (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        logging.info("embedded %d samples (d=%d) in %.1f s into %s", manifest["num_samples"],
+                     manifest["dim"], seconds, out_dir)
+        print(f"wrote {manifest['num_samples']} x {manifest['dim']} embeddings to {out_dir} "
+              f"({manifest['images_per_second']} img/s)")
+    return out_dir
