@@ -77,7 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.pruning = dict(
         policy=arg.policy,         # none (full data) | random (a fraction rho redrawn every epoch)
+                                   # | static (a --mode=curate output)
         rho=0.25,                  # kept fraction for subset policies
+        selection="",              # static: a --mode=curate workdir (kept_indices.npy, weights.npy)
         loss_stats_momentum=0.5,   # EMA of each sample's batch-relative loss
     )
     c.eval = dict(

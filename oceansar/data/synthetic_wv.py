@@ -503,6 +503,15 @@ class SyntheticWV:
         self.burst_jitter = float(burst_jitter)
         self.balanced = bool(balanced)
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The TenGeoP phenomenon names, indexed by `label`."""
+        return TENGEOP_CLASSES
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 1)
+
     def __len__(self) -> int:
         return self.num_samples
 

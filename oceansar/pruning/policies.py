@@ -11,7 +11,7 @@ import numpy as np
 
 from oceansar.data.selection import Selection
 
-POLICIES = ("none", "random")
+POLICIES = ("none", "random", "static")
 
 
 class FullData:
@@ -37,9 +37,24 @@ class RandomSubset:
         return Selection.subset(np.sort(rng.choice(self.num_samples, n_keep, replace=False)))
 
 
+class StaticSubset:
+    """A subset curated offline (`launch.py --mode=curate`), visited whole every epoch."""
+
+    def __init__(self, path: str, *, num_samples: int):
+        from oceansar.curate import load_static_selection  # jax-side module; keep policies light
+
+        self.selection = load_static_selection(path, num_samples=num_samples)
+
+    def select(self, epoch: int) -> Selection:
+        del epoch
+        return self.selection
+
+
 def make_policy(pruning, *, num_samples: int, seed: int):
     if pruning.policy == "none":
         return FullData(num_samples)
     if pruning.policy == "random":
         return RandomSubset(num_samples, rho=pruning.rho, seed=seed)
+    if pruning.policy == "static":
+        return StaticSubset(pruning.selection, num_samples=num_samples)
     raise ValueError(f"config.pruning.policy: unknown policy {pruning.policy!r}; known: {POLICIES}")
