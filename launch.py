@@ -1,10 +1,12 @@
-r"""oceansar command line: pretrain, evaluate or export from an ml_collections recipe.
+r"""oceansar command line: pretrain, evaluate, export, embed or curate from an ml_collections recipe.
 
     python launch.py                                        # configs/default.py, runs/default
     python launch.py --config=configs/oceansar1.py:variant=S/8 --workdir=runs/s8
     python launch.py --config=configs/default.py --config.batch_size=128
     python launch.py --mode=evaluate --workdir=runs/default   # evaluate the latest checkpoint
     python launch.py --mode=export --workdir=runs/default     # write runs/default/release
+    python launch.py --mode=embed --config=configs/embed.py:release=runs/default/release
+    python launch.py --mode=curate --config=configs/curate_hkmeans.py:embeddings=runs/embed
 
 Rerunning a command resumes from the workdir's latest checkpoint. Launched as several processes
 (SLURM, a TPU pod, or --coordinator_address/--num_processes/--process_id), it first joins the
@@ -20,7 +22,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Recipe file, optionally with ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<recipe name>).")
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export", "embed", "curate"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export", "embed", "curate"],
+                          "What to do.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank.")

@@ -1,5 +1,5 @@
-"""What `launch.py --mode=...` runs: pretrain, evaluate or export, each a function of
-(config, workdir)."""
+"""What `launch.py --mode=...` runs: pretrain, evaluate, export, embed or curate, each a function
+of (config, workdir)."""
 from __future__ import annotations
 
 import json
