@@ -39,6 +39,9 @@ def _multi_process() -> bool:
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and Grain log every save and read at INFO; the loop reports through tqdm.
+        logging.set_verbosity(logging.WARNING)
     import jax
 
     if _multi_process():

@@ -124,7 +124,7 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
             restore_from.close()
         if is_main:
             truncate_after(workdir / "metrics.jsonl", start)
-        logging.info("resumed from step %d (epoch %d)", start, epoch)
+        logging.warning("resumed from step %d (epoch %d) of %s", start, epoch, restore_from.directory)
     else:
         start, epoch = 0, 0
         selection = policy.select(epoch)
