@@ -40,7 +40,7 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, config) -> pa
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    backbone = jax.device_get(teacher_params["backbone"].to_pure_dict())
+    backbone = jax.device_get(nnx.to_pure_dict(teacher_params["backbone"]))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", backbone)
         ckptr.wait_until_finished()
@@ -63,7 +63,7 @@ def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
     vit = ViT(spec["variant"], img_size=spec["img_size"], in_channels=spec["in_channels"],
               rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(vit, nnx.Param)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params.to_pure_dict())
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(path / "params", target)
     nnx.replace_by_pure_dict(params, restored)

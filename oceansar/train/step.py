@@ -129,7 +129,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, config,
             "train/weight_decay": wd,
             "train/teacher_momentum": momentum,
             "train/teacher_temp": teacher_temp,
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
             "train/weight_mean": jnp.mean(batch["weight"]),
         }
         metrics.update({f"train/{k}": v for k, v in aux.items()})
