@@ -77,9 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.pruning = dict(
         policy=arg.policy,         # none (full data) | random (a fraction rho redrawn every epoch)
-                                   # | static (a --mode=curate output)
+                                   # | static (a --mode=curate output) | infobatch (loss-based)
         rho=0.25,                  # kept fraction for subset policies
         selection="",              # static: a --mode=curate workdir (kept_indices.npy, weights.npy)
+        prune_ratio=0.5,           # infobatch r: fraction of below-mean-score samples dropped
+        delta=0.875,               # infobatch: full data again after this fraction of the budget
         loss_stats_momentum=0.5,   # EMA of each sample's batch-relative loss
     )
     c.eval = dict(

@@ -72,6 +72,10 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
         _fail("pruning.policy", f"unknown policy {config.pruning.policy!r}; known: {POLICIES}")
     if config.pruning.policy == "static" and not config.pruning.selection:
         _fail("pruning.selection", "the static policy needs a --mode=curate workdir")
+    if not 0 <= config.pruning.prune_ratio < 1:
+        _fail("pruning.prune_ratio", f"must be in [0, 1), got {config.pruning.prune_ratio}")
+    if not 0 <= config.pruning.delta <= 1:
+        _fail("pruning.delta", f"must be in [0, 1], got {config.pruning.delta}")
     if not 0 < config.pruning.rho <= 1:
         _fail("pruning.rho", f"must be in (0, 1], got {config.pruning.rho}")
     if not 0 <= config.pruning.loss_stats_momentum < 1:

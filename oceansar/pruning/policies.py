@@ -1,6 +1,8 @@
 """Pruning policies: (epoch, training signals) -> the epoch's Selection.
 
-A policy is called at the start of every epoch by the training loop. Its output is deterministic
+A policy is called at the start of every epoch by the training loop as
+`select(epoch, examples_seen=..., loss_table=...)`, where `loss_table` is a callable returning the
+host copy of the loss-statistics table (fetched only by the policies that read it). Its output is deterministic
 given (seed, epoch) and the signals it reads, so a run resumed mid-way re-derives nothing: the
 loop stores the current Selection in the checkpoint and calls the policy again only at the next
 epoch boundary.
@@ -11,7 +13,7 @@ import numpy as np
 
 from oceansar.data.selection import Selection
 
-POLICIES = ("none", "random", "static")
+POLICIES = ("none", "random", "static", "infobatch")
 
 
 class FullData:
@@ -20,8 +22,8 @@ class FullData:
     def __init__(self, num_samples: int):
         self.num_samples = num_samples
 
-    def select(self, epoch: int) -> Selection:
-        del epoch
+    def select(self, epoch: int, **signals) -> Selection:
+        del epoch, signals
         return Selection.full(self.num_samples)
 
 
@@ -31,7 +33,8 @@ class RandomSubset:
     def __init__(self, num_samples: int, *, rho: float, seed: int):
         self.num_samples, self.rho, self.seed = num_samples, rho, seed
 
-    def select(self, epoch: int) -> Selection:
+    def select(self, epoch: int, **signals) -> Selection:
+        del signals
         rng = np.random.default_rng([self.seed, epoch, 0x5E1])
         n_keep = max(1, int(round(self.rho * self.num_samples)))
         return Selection.subset(np.sort(rng.choice(self.num_samples, n_keep, replace=False)))
@@ -45,16 +48,56 @@ class StaticSubset:
 
         self.selection = load_static_selection(path, num_samples=num_samples)
 
-    def select(self, epoch: int) -> Selection:
-        del epoch
+    def select(self, epoch: int, **signals) -> Selection:
+        del epoch, signals
         return self.selection
 
 
-def make_policy(pruning, *, num_samples: int, seed: int):
+class InfoBatch:
+    """InfoBatch (Qin et al., ICLR 2024; METHODS 5.1) on the drift-free loss table.
+
+    Each epoch, among the samples already seen, those whose score is strictly below the mean score
+    ("well learned") are randomly dropped with probability `prune_ratio`; the kept ones get loss
+    weight 1 / (1 - prune_ratio) so the gradient stays unbiased. Samples never seen are kept (InfoBatch
+    starts every score at 3.0, above any mean, so its first epoch is full data too). Once
+    `examples_seen` reaches `delta` of the budget the policy anneals back to full data with weight 1.
+    Scores are the table's batch-relative EMA (`loss_stats`), so stale scores of earlier epochs stay
+    comparable despite the DINO loss drift.
+    """
+
+    def __init__(self, num_samples: int, *, prune_ratio: float, delta: float, total_examples: int,
+                 seed: int):
+        self.num_samples, self.seed = num_samples, seed
+        self.keep_ratio = float(np.clip(1.0 - prune_ratio, 0.1, 1.0))
+        self.anneal_at = delta * total_examples
+
+    def select(self, epoch: int, *, examples_seen: int, loss_table, **signals) -> Selection:
+        del signals
+        if examples_seen >= self.anneal_at:
+            return Selection.full(self.num_samples)
+        table = loss_table()
+        score, seen = np.asarray(table["score"]), np.asarray(table["count"]) > 0
+        if not seen.any():
+            return Selection.full(self.num_samples)
+        well = np.flatnonzero(seen & (score < score[seen].mean()))
+        rng = np.random.default_rng([self.seed, epoch, 0x1B])
+        kept_well = rng.choice(well, int(np.floor(self.keep_ratio * well.size)), replace=False)
+        rest = np.setdiff1d(np.arange(self.num_samples), well, assume_unique=True)
+        indices = np.concatenate([rest, np.sort(kept_well)])
+        weights = np.concatenate([np.ones(rest.size, np.float32),
+                                  np.full(kept_well.size, 1.0 / self.keep_ratio, np.float32)])
+        order = np.argsort(indices, kind="stable")
+        return Selection(indices[order], weights[order])
+
+
+def make_policy(pruning, *, num_samples: int, seed: int, total_examples: int):
     if pruning.policy == "none":
         return FullData(num_samples)
     if pruning.policy == "random":
         return RandomSubset(num_samples, rho=pruning.rho, seed=seed)
+    if pruning.policy == "infobatch":
+        return InfoBatch(num_samples, prune_ratio=pruning.prune_ratio, delta=pruning.delta,
+                         total_examples=total_examples, seed=seed)
     if pruning.policy == "static":
         return StaticSubset(pruning.selection, num_samples=num_samples)
     raise ValueError(f"config.pruning.policy: unknown policy {pruning.policy!r}; known: {POLICIES}")

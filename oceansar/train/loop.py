@@ -91,7 +91,8 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
 
     mesh = sharding.make_mesh(config.num_devices or None)
     source = sources.make_pretrain_source(config.data, seed=config.seed)
-    policy = policies.make_policy(config.pruning, num_samples=len(source), seed=config.seed)
+    policy = policies.make_policy(config.pruning, num_samples=len(source), seed=config.seed,
+                                  total_examples=config.total_examples)
     budget = step_lib.Budget.from_config(config)
     tx = optim_lib.make_optimizer(config.optim)
     graphdef, rest, state = state_lib.init_state(config, num_samples=len(source), tx=tx)
@@ -127,7 +128,8 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         logging.warning("resumed from step %d (epoch %d) of %s", start, epoch, restore_from.directory)
     else:
         start, epoch = 0, 0
-        selection = policy.select(epoch)
+        selection = policy.select(epoch, examples_seen=0,
+                                  loss_table=lambda: jax.device_get(state.loss_stats))
         data_iter = epoch_iterator(selection, epoch)
 
     writer = MetricWriter(workdir, enabled=is_main)
@@ -155,7 +157,8 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
                 batch = next(data_iter)
             except StopIteration:
                 epoch += 1
-                selection = policy.select(epoch)
+                selection = policy.select(epoch, examples_seen=step * config.batch_size,
+                                          loss_table=lambda: jax.device_get(state.loss_stats))
                 data_iter = epoch_iterator(selection, epoch)
                 continue
             device_batch = sharding.shard_batch(

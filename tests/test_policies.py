@@ -1,0 +1,76 @@
+"""Pruning policies: InfoBatch's rules exactly, the random baseline, and InfoBatch inside the loop."""
+import json
+
+import numpy as np
+import pytest
+
+from oceansar.pruning import policies
+from oceansar.train import loop
+
+
+def _table(score, count):
+    return lambda: {"score": np.asarray(score, np.float32), "count": np.asarray(count, np.int32)}
+
+
+def test_infobatch_drops_below_mean_and_rescales():
+    n = 1000
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=n)
+    count = np.ones(n, int)
+    count[:100] = 0                                   # never seen: always kept
+    policy = policies.InfoBatch(n, prune_ratio=0.5, delta=0.875, total_examples=10_000, seed=0)
+    sel = policy.select(3, examples_seen=1000, loss_table=_table(score, count))
+
+    seen = count > 0
+    well = np.flatnonzero(seen & (score < score[seen].mean()))
+    rest = np.setdiff1d(np.arange(n), well)
+    kept_well = np.intersect1d(sel.indices, well)
+    assert np.all(np.isin(rest, sel.indices))          # every other sample is kept
+    assert kept_well.size == int(np.floor(0.5 * well.size))
+    assert np.array_equal(np.sort(sel.indices), np.unique(sel.indices))
+    weights = dict(zip(sel.indices.tolist(), sel.weights.tolist()))
+    assert all(weights[i] == 2.0 for i in kept_well) and all(weights[i] == 1.0 for i in rest)
+    # Deterministic per (seed, epoch), different across epochs.
+    again = policy.select(3, examples_seen=1000, loss_table=_table(score, count))
+    other = policy.select(4, examples_seen=1000, loss_table=_table(score, count))
+    assert np.array_equal(sel.indices, again.indices) and not np.array_equal(sel.indices, other.indices)
+
+
+def test_infobatch_first_epoch_and_annealing_are_full_data():
+    policy = policies.InfoBatch(10, prune_ratio=0.5, delta=0.875, total_examples=1000, seed=0)
+    unseen = policy.select(0, examples_seen=0, loss_table=_table(np.zeros(10), np.zeros(10)))
+    assert len(unseen) == 10 and np.all(unseen.weights == 1)
+    late = policy.select(9, examples_seen=875, loss_table=pytest.fail)  # table not even read
+    assert np.array_equal(late.indices, np.arange(10)) and np.all(late.weights == 1)
+
+
+def test_infobatch_keep_ratio_is_clipped():
+    policy = policies.InfoBatch(10, prune_ratio=0.99, delta=1.0, total_examples=100, seed=0)
+    assert policy.keep_ratio == pytest.approx(0.1)
+
+
+def test_random_subset_size_and_determinism():
+    p = policies.RandomSubset(100, rho=0.25, seed=1)
+    a, b = p.select(0), p.select(0)
+    assert len(a) == 25 and np.array_equal(a.indices, b.indices)
+    assert not np.array_equal(a.indices, p.select(1).indices)
+
+
+def test_infobatch_in_the_training_loop(tmp_path, smoke_config):
+    c = smoke_config
+    c.data.num_samples = 64                        # 4 steps per full epoch
+    c.pruning.policy = "infobatch"
+    c.total_examples = 16 * 24
+    c.pruning.delta = 0.5                          # full data again from 192 examples seen
+    c.log_every_steps = 1
+    c.eval.every_examples = 0
+    c.eval.at_init = False
+    loop.run(c, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "train/loss" in r]
+    assert train[0]["selection_size"] == 64 and train[0]["train/weight_mean"] == 1.0
+    pruned = [r for r in train if r["selection_size"] < 64]
+    assert pruned and max(r["train/weight_mean"] for r in pruned) > 1.0
+    # The first epoch boundary after 192 examples (epochs are at most 64 examples) returns to full data.
+    annealed = [r for r in train if r["examples_seen"] > 192 + 64]
+    assert annealed and all(r["selection_size"] == 64 for r in annealed)
