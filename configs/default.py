@@ -78,8 +78,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pruning = dict(
         policy=arg.policy,         # none (full data) | random (a fraction rho redrawn every epoch)
                                    # | static (a --mode=curate output) | infobatch (loss-based)
+                                   # | cluster_balanced (OceanSAR-1 dynamic pruning)
         rho=0.25,                  # kept fraction for subset policies
         selection="",              # static: a --mode=curate workdir (kept_indices.npy, weights.npy)
+        eta=0.5,                   # cluster_balanced: within-leaf mix, 0 closest to centroid, 1 random
+        warmup_examples=64 * 400,  # cluster_balanced T_w: full data until the teacher is informative
+        every_epochs=2,            # cluster_balanced T_s: re-cluster every T_s (pruned) epochs
+        subset_size=0,             # cluster_balanced M: samples embedded per resampling (0 = all)
+        n_clusters=(256, 32),      # hierarchical k-means levels (data level first)
+        n_resamples=2,             # Vo et al. resampling rounds per level
         prune_ratio=0.5,           # infobatch r: fraction of below-mean-score samples dropped
         delta=0.875,               # infobatch: full data again after this fraction of the budget
         loss_stats_momentum=0.5,   # EMA of each sample's batch-relative loss

@@ -76,6 +76,14 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
         _fail("pruning.prune_ratio", f"must be in [0, 1), got {config.pruning.prune_ratio}")
     if not 0 <= config.pruning.delta <= 1:
         _fail("pruning.delta", f"must be in [0, 1], got {config.pruning.delta}")
+    if not 0 <= config.pruning.eta <= 1:
+        _fail("pruning.eta", f"must be in [0, 1], got {config.pruning.eta}")
+    if config.pruning.every_epochs < 1:
+        _fail("pruning.every_epochs", "must be >= 1")
+    if config.pruning.warmup_examples < 0 or config.pruning.subset_size < 0:
+        _fail("pruning.warmup_examples", "warmup_examples and subset_size must be >= 0")
+    if not config.pruning.n_clusters or min(config.pruning.n_clusters) < 1:
+        _fail("pruning.n_clusters", f"must be positive cluster counts, got {config.pruning.n_clusters}")
     if not 0 < config.pruning.rho <= 1:
         _fail("pruning.rho", f"must be in (0, 1], got {config.pruning.rho}")
     if not 0 <= config.pruning.loss_stats_momentum < 1:

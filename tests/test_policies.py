@@ -74,3 +74,79 @@ def test_infobatch_in_the_training_loop(tmp_path, smoke_config):
     # The first epoch boundary after 192 examples (epochs are at most 64 examples) returns to full data.
     annealed = [r for r in train if r["examples_seen"] > 192 + 64]
     assert annealed and all(r["selection_size"] == 64 for r in annealed)
+
+
+def _blobs(n, rng):
+    """Unit vectors around 4 directions with very unequal densities (70/20/8/2 %)."""
+    centers = np.eye(16, dtype=np.float32)[:4]
+    labels = rng.choice(4, n, p=[0.7, 0.2, 0.08, 0.02])
+    x = centers[labels] + 0.05 * rng.normal(size=(n, 16)).astype(np.float32)
+    return x, labels
+
+
+def test_cluster_balanced_flattens_the_mix_and_follows_its_schedule():
+    rng = np.random.default_rng(0)
+    x, labels = _blobs(2000, rng)
+    calls = []
+
+    def embed(indices):
+        calls.append(len(indices))
+        return x[indices]
+
+    p = policies.ClusterBalanced(2000, rho=0.2, eta=0.5, warmup_examples=100, every_epochs=2,
+                                 subset_size=1000, n_clusters=(16, 4), n_resamples=1, seed=0)
+    assert len(p.select(0, examples_seen=50, embed=embed)) == 2000 and not calls  # warm-up
+    a = p.select(1, examples_seen=150, embed=embed, previous=policies.Selection.full(2000))
+    assert calls == [1000] and len(a) == 400 and np.all(a.weights == 1)
+    assert len(np.unique(a.indices)) == 400
+    shares = np.bincount(labels[a.indices], minlength=4) / 400
+    assert shares[0] < 0.45 and shares[3] > 0.05          # 70 % -> under 45 %, 2 % -> over 5 %
+    # Odd epoch after a pruned one: no re-clustering, the previous subset is served again.
+    assert p.select(3, examples_seen=400, embed=embed, previous=a) is a and calls == [1000]
+    b = p.select(4, examples_seen=500, embed=embed, previous=a)
+    assert calls == [1000, 1000] and not np.array_equal(a.indices, b.indices)
+    again = policies.ClusterBalanced(2000, rho=0.2, eta=0.5, warmup_examples=100, every_epochs=2,
+                                     subset_size=1000, n_clusters=(16, 4), n_resamples=1, seed=0)
+    assert np.array_equal(again.select(4, examples_seen=500, embed=embed, previous=a).indices, b.indices)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, monkeypatch):
+    c = smoke_config
+    c.data.num_samples = 64
+    c.pruning.policy = "cluster_balanced"
+    c.pruning.rho = 0.5                   # pruned epochs of 2 steps
+    c.pruning.warmup_examples = 64        # one full epoch (4 steps), then re-clustering
+    c.pruning.every_epochs = 2
+    c.pruning.n_clusters = (8, 2)
+    c.pruning.n_resamples = 1
+    c.total_examples = 16 * 10
+    c.checkpoint_every_steps = 3
+    c.eval.every_examples = 0
+    c.eval.at_init = False
+    loop.run(c, tmp_path / "straight")
+
+    calls = {"n": 0}
+    real = loop.sharding.shard_batch
+
+    def interrupted(mesh, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:               # after the checkpoint at step 6, inside pruned epochs
+            raise _Interrupt()
+        return real(mesh, batch)
+
+    monkeypatch.setattr(loop.sharding, "shard_batch", interrupted)
+    with pytest.raises(_Interrupt):
+        loop.run(c, tmp_path / "resumed")
+    monkeypatch.setattr(loop.sharding, "shard_batch", real)
+    loop.run(c, tmp_path / "resumed")
+
+    def log(d):
+        return [(r["step"], r["selection_size"], r["train/loss"])
+                for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    straight, resumed = log(tmp_path / "straight"), log(tmp_path / "resumed")
+    assert straight == resumed
+    assert {s for _, s, _ in straight} == {64, 32}   # full warm-up, then balanced halves

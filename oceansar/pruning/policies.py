@@ -13,7 +13,7 @@ import numpy as np
 
 from oceansar.data.selection import Selection
 
-POLICIES = ("none", "random", "static", "infobatch")
+POLICIES = ("none", "random", "static", "infobatch", "cluster_balanced")
 
 
 class FullData:
@@ -90,6 +90,60 @@ class InfoBatch:
         return Selection(indices[order], weights[order])
 
 
+class ClusterBalanced:
+    """OceanSAR-1 dynamic pruning (METHODS 1.2, option A): balanced subsets of the teacher's clusters.
+
+    Full data until `warmup_examples` (T_w) are seen. Then, at the first epoch after the warm-up and
+    every `every_epochs` (T_s) epochs, the current teacher embeds a fresh uniform subset of
+    `subset_size` (M) samples on one centre view, hierarchical k-means with resampling clusters it,
+    and balanced hierarchical sampling keeps round(rho * N) of them, choosing inside each leaf a
+    fraction 1 - eta closest to the centroid and the rest at random. Between resamplings the
+    previous epoch's selection is served again (it lives in the checkpoint, so a resumed run
+    continues with it).
+    """
+
+    def __init__(self, num_samples: int, *, rho: float, eta: float, warmup_examples: int,
+                 every_epochs: int, subset_size: int, n_clusters, n_resamples: int, seed: int):
+        self.num_samples, self.seed = num_samples, seed
+        self.rho, self.eta = rho, eta
+        self.warmup_examples, self.every_epochs = warmup_examples, every_epochs
+        self.subset_size = min(subset_size or num_samples, num_samples)
+        self.n_keep = min(max(1, int(round(rho * num_samples))), self.subset_size)
+        self.n_clusters = tuple(int(k) for k in n_clusters)
+        self.n_resamples = n_resamples
+
+    def due(self, epoch: int, examples_seen: int, previous: Selection | None) -> bool:
+        """Whether this epoch re-clusters (a pure function of the checkpointed state)."""
+        if examples_seen < self.warmup_examples:
+            return False
+        coming_from_warmup = previous is None or len(previous) == self.num_samples
+        return coming_from_warmup or epoch % self.every_epochs == 0
+
+    def select(self, epoch: int, *, examples_seen: int, embed, previous: Selection | None = None,
+               **signals) -> Selection:
+        del signals
+        if examples_seen < self.warmup_examples:
+            return Selection.full(self.num_samples)
+        if not self.due(epoch, examples_seen, previous):
+            return previous
+        from curation import hierarchical, sampling  # the kernels, only where re-clustering runs
+
+        rng = np.random.default_rng([self.seed, epoch, 0xC1])
+        subset = np.sort(rng.choice(self.num_samples, self.subset_size, replace=False))
+        embeddings = np.asarray(embed(subset), np.float32)
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        levels, n_points = [], self.subset_size
+        for k in self.n_clusters:  # a level never has more clusters than points below it
+            k = min(k, n_points)
+            levels.append(k)
+            n_points = k
+        hierarchy = hierarchical.hierarchical_kmeans(
+            embeddings, levels, n_resamples=self.n_resamples, key=int(rng.integers(2**31)))
+        kept = sampling.balanced_sample(hierarchy, self.n_keep, key=int(rng.integers(2**31)),
+                                        strategy="eta", eta=self.eta)
+        return Selection.subset(np.sort(subset[kept]))
+
+
 def make_policy(pruning, *, num_samples: int, seed: int, total_examples: int):
     if pruning.policy == "none":
         return FullData(num_samples)
@@ -98,6 +152,12 @@ def make_policy(pruning, *, num_samples: int, seed: int, total_examples: int):
     if pruning.policy == "infobatch":
         return InfoBatch(num_samples, prune_ratio=pruning.prune_ratio, delta=pruning.delta,
                          total_examples=total_examples, seed=seed)
+    if pruning.policy == "cluster_balanced":
+        return ClusterBalanced(num_samples, rho=pruning.rho, eta=pruning.eta,
+                               warmup_examples=pruning.warmup_examples,
+                               every_epochs=pruning.every_epochs, subset_size=pruning.subset_size,
+                               n_clusters=pruning.n_clusters, n_resamples=pruning.n_resamples,
+                               seed=seed)
     if pruning.policy == "static":
         return StaticSubset(pruning.selection, num_samples=num_samples)
     raise ValueError(f"config.pruning.policy: unknown policy {pruning.policy!r}; known: {POLICIES}")

@@ -100,6 +100,17 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     train_step = step_lib.make_train_step(graphdef, rest, tx, config, budget)
     evaluator = Evaluator(config, graphdef, rest, mesh)
     local_batch = config.batch_size // jax.process_count()
+    embed_cls = step_lib.make_embed_fn(graphdef, rest, config, features="cls")
+
+    def signals(examples_seen: int, previous: Selection | None) -> dict[str, Any]:
+        """What a pruning policy may read at an epoch boundary; each fetched only if used."""
+        def embed(indices):
+            return features_lib.extract_features(
+                lambda images: embed_cls(state.teacher, images), source,
+                batch_size=config.eval.batch_size, indices=indices, mesh=mesh,
+                desc="pruning embed")["features"]
+        return {"examples_seen": examples_seen, "previous": previous, "embed": embed,
+                "loss_table": lambda: jax.device_get(state.loss_stats)}
 
     def epoch_iterator(selection: Selection, epoch: int):
         ds = pipeline.epoch_dataset(
@@ -128,8 +139,7 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         logging.warning("resumed from step %d (epoch %d) of %s", start, epoch, restore_from.directory)
     else:
         start, epoch = 0, 0
-        selection = policy.select(epoch, examples_seen=0,
-                                  loss_table=lambda: jax.device_get(state.loss_stats))
+        selection = policy.select(epoch, **signals(0, None))
         data_iter = epoch_iterator(selection, epoch)
 
     writer = MetricWriter(workdir, enabled=is_main)
@@ -157,8 +167,7 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
                 batch = next(data_iter)
             except StopIteration:
                 epoch += 1
-                selection = policy.select(epoch, examples_seen=step * config.batch_size,
-                                          loss_table=lambda: jax.device_get(state.loss_stats))
+                selection = policy.select(epoch, **signals(step * config.batch_size, selection))
                 data_iter = epoch_iterator(selection, epoch)
                 continue
             device_batch = sharding.shard_batch(
