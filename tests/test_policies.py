@@ -150,3 +150,16 @@ def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, mo
     straight, resumed = log(tmp_path / "straight"), log(tmp_path / "resumed")
     assert straight == resumed
     assert {s for _, s, _ in straight} == {64, 32}   # full warm-up, then balanced halves
+
+
+def test_selection_summary_reports_class_shares():
+    from oceansar.data.synthetic_wv import SyntheticWV
+
+    source = SyntheticWV(num_samples=500, image_size=16, seed=0)
+    sel = policies.Selection.subset(np.arange(0, 500, 2))
+    info = loop.selection_summary(source, sel)
+    shares = [v for k, v in info.items() if k.startswith("pruning/class_share/")]
+    assert info["selection_size"] == 250 and len(shares) == 10
+    assert sum(shares) == pytest.approx(1.0)
+    expected = np.bincount(source.labels(sel.indices), minlength=10) / 250
+    assert info["pruning/class_share/pure_ocean_waves"] == pytest.approx(expected[0])

@@ -68,6 +68,18 @@ class Evaluator:
                                         seed=self.config.seed)
 
 
+def selection_summary(source, selection: Selection) -> dict[str, float]:
+    """Size, mean weight and, where the source knows its hidden labels (the simulator), the class
+    shares of a selection: the picture of pruning rebalancing the tail."""
+    out = {"selection_size": len(selection),
+           "pruning/weight_mean": float(selection.weights.mean())}
+    if hasattr(source, "labels") and hasattr(source, "class_names"):
+        counts = np.bincount(source.labels(selection.indices), minlength=len(source.class_names))
+        out.update({f"pruning/class_share/{name}": float(c) / len(selection)
+                    for name, c in zip(source.class_names, counts)})
+    return out
+
+
 def _format_results(title: str, results: dict[str, float]) -> str:
     keys = [k for k in sorted(results) if not k.endswith("_std") and isinstance(results[k], float)]
     return title + "\n" + "\n".join(
@@ -143,6 +155,7 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         data_iter = epoch_iterator(selection, epoch)
 
     writer = MetricWriter(workdir, enabled=is_main)
+    selection_info = selection_summary(source, selection)
     preempted = {"flag": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.update(flag=True))
 
@@ -158,7 +171,8 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     step = int(jax.device_get(state.step))
     bar = tqdm(total=budget.total_steps, initial=step, disable=not (config.progress and is_main),
                desc="pretrain", unit="step", dynamic_ncols=True)
-    pending: tuple[int, dict] | None = None
+    # (step, metrics, epoch, selection summary) of the last log step, written one step later.
+    pending: tuple[int, dict, int, dict] | None = None
     t_last, step_last = time.perf_counter(), step
     t_start = time.perf_counter()
     try:
@@ -169,6 +183,7 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
                 epoch += 1
                 selection = policy.select(epoch, **signals(step * config.batch_size, selection))
                 data_iter = epoch_iterator(selection, epoch)
+                selection_info = selection_summary(source, selection)
                 continue
             device_batch = sharding.shard_batch(
                 mesh, {k: batch[k] for k in ("image", "sample_id", "weight")})
@@ -177,7 +192,7 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
             bar.update(1)
             if pending is not None:
                 # Metrics of the previous log step, fetched now that the next step is queued.
-                log_step, log_metrics = pending
+                log_step, log_metrics, log_epoch, log_selection = pending
                 values = jax.device_get(log_metrics)
                 if not np.isfinite(values["train/loss"]):
                     raise NonFiniteLossError(
@@ -186,14 +201,14 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
                 now = time.perf_counter()
                 values["train/examples_per_sec"] = (step - 1 - step_last) * config.batch_size / (now - t_last)
                 t_last, step_last = now, step - 1
-                values.update(examples_seen=log_step * config.batch_size, epoch=epoch,
-                              selection_size=len(selection))
+                values.update(examples_seen=log_step * config.batch_size, epoch=log_epoch,
+                              **log_selection)
                 writer.write(log_step, values)
                 bar.set_postfix(loss=f"{values['train/loss']:.3f}",
                                 ex_s=f"{values['train/examples_per_sec']:.0f}")
                 pending = None
             if step % config.log_every_steps == 0:
-                pending = (step, metrics)
+                pending = (step, metrics, epoch, selection_info)
             if step % config.checkpoint_every_steps == 0 or preempted["flag"]:
                 save(step)
             if preempted["flag"]:
@@ -206,8 +221,8 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
             values = jax.device_get(pending[1])
             if not np.isfinite(values["train/loss"]):
                 raise NonFiniteLossError(f"loss is {values['train/loss']} at step {pending[0]}")
-            values.update(examples_seen=pending[0] * config.batch_size, epoch=epoch,
-                          selection_size=len(selection))
+            values.update(examples_seen=pending[0] * config.batch_size, epoch=pending[2],
+                          **pending[3])
             writer.write(pending[0], values)
         if ckpt.latest_step() != step:
             save(step)
