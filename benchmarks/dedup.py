@@ -18,7 +18,6 @@ import json
 import os
 import pathlib
 import sys
-import threading
 import time
 import tracemalloc
 
@@ -29,35 +28,7 @@ sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]  # runnable from a checkout wi
 
 from curation import dedup, kmeans  # noqa: E402
 from test_dedup import semdedup_reference  # noqa: E402
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakRSS:
-    """Peak resident set above the level at entry, sampled every 10 ms."""
-
-    def __enter__(self):
-        self.base = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def mib(self) -> float:
-        return round((self.peak - self.base) / 2**20, 1)
+from benchmarks.memory import PeakRSS  # noqa: E402
 
 
 def make_data(n: int, d: int, k: int, dup_fraction: float, seed: int) -> np.ndarray:
@@ -129,8 +100,8 @@ def main() -> None:
         "numpy_reference_s": round(t_ref, 2),
         "speedup_warm": round(t_ref / t_warm, 2),
         "speedup_cold": round(t_ref / t_cold, 2),
-        "jax_peak_rss_above_entry_mib": jax_mem.mib,
-        "numpy_peak_rss_above_entry_mib": ref_mem.mib,
+        "jax_peak_rss_above_entry_mib": round(jax_mem.mib, 1),
+        "numpy_peak_rss_above_entry_mib": round(ref_mem.mib, 1),
         "numpy_tracemalloc_peak_mib": round(ref_traced / 2**20, 1),
         "block_size": args.block_size,
         "load_average_1min": os.getloadavg()[0],

@@ -13,39 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
+import pathlib
+import sys
 import time
 
 import numpy as np
 
-
-class _PeakRSS:
-    """Samples this process's resident set every 10 ms; reports the peak above the level at entry."""
-
-    def __enter__(self):
-        self.base = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable as a script from a checkout
+from benchmarks.memory import PeakRSS  # noqa: E402
 
 
 def _blobs(n: int, d: int, n_centers: int, seed: int) -> np.ndarray:
@@ -94,7 +69,7 @@ def _case(name, n, d, k, iters, repeats, peers, block_size, seed):
     results["oceansar"]["first_call_seconds_with_compile"] = time.perf_counter() - t0
     for _ in range(repeats):
         for method, run in runners.items():
-            with _PeakRSS() as mem:
+            with PeakRSS() as mem:
                 t = time.perf_counter()
                 centroids[method] = run()
                 results[method]["seconds"].append(time.perf_counter() - t)
