@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from oceansar.data.sources import SOURCES
 from oceansar.models.vit import parse_variant
-from oceansar.pruning.policies import POLICIES
+from oceansar.pruning.policies import POLICIES, parse_policy
 
 
 def _fail(field: str, why: str):
@@ -70,7 +70,7 @@ def validate(config, *, num_devices: int, process_count: int = 1) -> None:
         _fail("model.dtype", f"{config.model.dtype!r} is not float32, bfloat16 or float16")
     if config.pruning.policy not in POLICIES:
         _fail("pruning.policy", f"unknown policy {config.pruning.policy!r}; known: {POLICIES}")
-    if config.pruning.policy == "static" and not config.pruning.selection:
+    if parse_policy(config.pruning.policy)[0] == "static" and not config.pruning.selection:
         _fail("pruning.selection", "the static policy needs a --mode=curate workdir")
     if not 0 <= config.pruning.prune_ratio < 1:
         _fail("pruning.prune_ratio", f"must be in [0, 1), got {config.pruning.prune_ratio}")

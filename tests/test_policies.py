@@ -1,4 +1,5 @@
-"""Pruning policies: InfoBatch's rules exactly, the random baseline, and InfoBatch inside the loop."""
+"""Pruning policies: InfoBatch's rules exactly, the random baseline, cluster-balanced subsets, their
+composition, and all of them inside the loop (resume through a resampling included)."""
 import json
 
 import numpy as np
@@ -18,8 +19,9 @@ def test_infobatch_drops_below_mean_and_rescales():
     score = rng.normal(size=n)
     count = np.ones(n, int)
     count[:100] = 0                                   # never seen: always kept
-    policy = policies.InfoBatch(n, prune_ratio=0.5, delta=0.875, total_examples=10_000, seed=0)
-    sel = policy.select(3, examples_seen=1000, loss_table=_table(score, count))
+    policy = policies.InfoBatch(prune_ratio=0.5, delta=0.875, total_examples=10_000, seed=0)
+    full = policies.Selection.full(n)
+    sel = policy.apply(full, 3, examples_seen=1000, loss_table=_table(score, count))
 
     seen = count > 0
     well = np.flatnonzero(seen & (score < score[seen].mean()))
@@ -31,22 +33,44 @@ def test_infobatch_drops_below_mean_and_rescales():
     weights = dict(zip(sel.indices.tolist(), sel.weights.tolist()))
     assert all(weights[i] == 2.0 for i in kept_well) and all(weights[i] == 1.0 for i in rest)
     # Deterministic per (seed, epoch), different across epochs.
-    again = policy.select(3, examples_seen=1000, loss_table=_table(score, count))
-    other = policy.select(4, examples_seen=1000, loss_table=_table(score, count))
+    again = policy.apply(full, 3, examples_seen=1000, loss_table=_table(score, count))
+    other = policy.apply(full, 4, examples_seen=1000, loss_table=_table(score, count))
     assert np.array_equal(sel.indices, again.indices) and not np.array_equal(sel.indices, other.indices)
 
 
 def test_infobatch_first_epoch_and_annealing_are_full_data():
-    policy = policies.InfoBatch(10, prune_ratio=0.5, delta=0.875, total_examples=1000, seed=0)
-    unseen = policy.select(0, examples_seen=0, loss_table=_table(np.zeros(10), np.zeros(10)))
+    policy = policies.InfoBatch(prune_ratio=0.5, delta=0.875, total_examples=1000, seed=0)
+    full = policies.Selection.full(10)
+    unseen = policy.apply(full, 0, examples_seen=0, loss_table=_table(np.zeros(10), np.zeros(10)))
     assert len(unseen) == 10 and np.all(unseen.weights == 1)
-    late = policy.select(9, examples_seen=875, loss_table=pytest.fail)  # table not even read
+    late = policy.apply(full, 9, examples_seen=875, loss_table=pytest.fail)  # table not even read
     assert np.array_equal(late.indices, np.arange(10)) and np.all(late.weights == 1)
 
 
 def test_infobatch_keep_ratio_is_clipped():
-    policy = policies.InfoBatch(10, prune_ratio=0.99, delta=1.0, total_examples=100, seed=0)
+    policy = policies.InfoBatch(prune_ratio=0.99, delta=1.0, total_examples=100, seed=0)
     assert policy.keep_ratio == pytest.approx(0.1)
+
+
+def test_infobatch_inside_a_subset_uses_the_subset_mean_and_keeps_its_weights():
+    score = np.arange(100, dtype=np.float32)             # the pool's mean (49.5) is not the subset's
+    pool = policies.Selection(np.arange(60, 100), np.full(40, 3.0))
+    policy = policies.InfoBatch(prune_ratio=0.5, delta=1.0, total_examples=100, seed=0)
+    sel = policy.apply(pool, 1, examples_seen=10, loss_table=_table(score, np.ones(100)))
+    well = np.arange(60, 80)                              # below the subset's mean 79.5
+    assert np.all(np.isin(np.arange(80, 100), sel.indices))
+    assert np.intersect1d(sel.indices, well).size == 10 and np.all(np.isin(sel.indices, pool.indices))
+    weights = dict(zip(sel.indices.tolist(), sel.weights.tolist()))
+    assert all(weights[i] == 6.0 for i in np.intersect1d(sel.indices, well))
+    assert all(weights[i] == 3.0 for i in range(80, 100))
+
+
+def test_policy_names_parse_into_subset_and_loss_rule():
+    assert policies.parse_policy("cluster_balanced+infobatch") == ("cluster_balanced", "infobatch")
+    assert policies.parse_policy("infobatch") == ("none", "infobatch")
+    assert policies.parse_policy("static") == ("static", None)
+    with pytest.raises(ValueError, match="pruning.policy"):
+        policies.parse_policy("infobatch+random")
 
 
 def test_random_subset_size_and_determinism():
@@ -84,6 +108,37 @@ def _blobs(n, rng):
     return x, labels
 
 
+def test_cluster_balanced_then_infobatch_prunes_inside_the_subset():
+    rng = np.random.default_rng(0)
+    x, _ = _blobs(2000, rng)
+    score = rng.normal(size=2000).astype(np.float32)
+    table = _table(score, np.ones(2000))
+
+    def embed(indices):
+        return x[indices]
+
+    class Pruning:  # the config fields make_policy reads
+        policy, rho, eta, warmup_examples, every_epochs, subset_size = (
+            "cluster_balanced+infobatch", 0.2, 0.5, 100, 2, 1000)
+        n_clusters, n_resamples, prune_ratio, delta, selection = (16, 4), 1, 0.5, 0.9, ""
+
+    pruner = policies.make_policy(Pruning, num_samples=2000, seed=0, total_examples=1000)
+    subset, served = pruner.select(1, previous=None, examples_seen=150, embed=embed, loss_table=table)
+    assert len(subset) == 400 and pruner.last_resampling["kept"] == 400
+    assert sum(pruner.last_resampling["leaf_sizes_after"]) == 400
+    assert sum(pruner.last_resampling["leaf_sizes_before"]) == 1000
+    assert np.all(np.isin(served.indices, subset.indices)) and 200 < len(served) < 400
+    assert set(np.unique(served.weights)) == {1.0, 2.0}
+    # A non-resampling epoch keeps the subset and redraws InfoBatch's drop inside it.
+    subset2, served2 = pruner.select(3, previous=subset, examples_seen=400, embed=pytest.fail,
+                                     loss_table=table)
+    assert subset2 is subset and not np.array_equal(served.indices, served2.indices)
+    # After delta of the budget the loss rule anneals to the whole subset.
+    subset3, served3 = pruner.select(5, previous=subset, examples_seen=900, embed=pytest.fail,
+                                     loss_table=pytest.fail)
+    assert served3 is subset3 is subset
+
+
 def test_cluster_balanced_flattens_the_mix_and_follows_its_schedule():
     rng = np.random.default_rng(0)
     x, labels = _blobs(2000, rng)
@@ -114,10 +169,11 @@ class _Interrupt(Exception):
     pass
 
 
-def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, monkeypatch):
+@pytest.mark.parametrize("policy", ["cluster_balanced", "cluster_balanced+infobatch"])
+def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, monkeypatch, policy):
     c = smoke_config
     c.data.num_samples = 64
-    c.pruning.policy = "cluster_balanced"
+    c.pruning.policy = policy
     c.pruning.rho = 0.5                   # pruned epochs of 2 steps
     c.pruning.warmup_examples = 64        # one full epoch (4 steps), then re-clustering
     c.pruning.every_epochs = 2
@@ -149,7 +205,20 @@ def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, mo
                 for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
     straight, resumed = log(tmp_path / "straight"), log(tmp_path / "resumed")
     assert straight == resumed
-    assert {s for _, s, _ in straight} == {64, 32}   # full warm-up, then balanced halves
+    sizes = {s for _, s, _ in straight}
+    if policy == "cluster_balanced":
+        assert sizes == {64, 32}                     # full warm-up, then balanced halves
+    else:
+        assert 64 in sizes and min(sizes) < 32       # InfoBatch drops inside the balanced halves
+    summaries = [json.loads((d / "summary.json").read_text())["pruning"]
+                 for d in (tmp_path / "straight", tmp_path / "resumed")]
+    report = json.loads((tmp_path / "straight" / "pruning" / "resamplings.json").read_text())
+    assert report == json.loads((tmp_path / "resumed" / "pruning" / "resamplings.json").read_text())
+    assert summaries[0] == summaries[1] and summaries[0]["resamplings"] == len(report)
+    epochs = [r["epoch"] for r in report]            # after the warm-up epoch, every T_s = 2 epochs
+    assert epochs[0] == 1 and all(e % 2 == 0 for e in epochs[1:]) and len(epochs) >= 2
+    assert all(sum(r["leaf_sizes_after"]) == r["kept"] == 32 for r in report)
+    assert (tmp_path / "straight" / "pruning.png").exists()
 
 
 def test_selection_summary_reports_class_shares():

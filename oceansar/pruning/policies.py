@@ -1,19 +1,40 @@
 """Pruning policies: (epoch, training signals) -> the epoch's Selection.
 
-A policy is called at the start of every epoch by the training loop as
-`select(epoch, examples_seen=..., loss_table=...)`, where `loss_table` is a callable returning the
-host copy of the loss-statistics table (fetched only by the policies that read it). Its output is deterministic
-given (seed, epoch) and the signals it reads, so a run resumed mid-way re-derives nothing: the
-loop stores the current Selection in the checkpoint and calls the policy again only at the next
-epoch boundary.
+A pruning recipe is a *subset policy* that decides which part of the pool an epoch may visit
+(`none`, `random`, `static`, `cluster_balanced`), optionally followed by a *loss rule* that drops
+and re-weights samples inside that subset from the loss statistics (`infobatch`). The config names
+it `"<subset>"`, `"<subset>+infobatch"` or plain `"infobatch"` (= `"none+infobatch"`);
+`Pruner` composes the two.
+
+The training loop calls `Pruner.select` at the start of every epoch with the training signals
+(`examples_seen`, the teacher `embed` function, the host copy of the `loss_table`; each fetched only
+by the policies that read it) and the previous epoch's subset. Every output is deterministic given
+(seed, epoch) and those signals, so a run resumed mid-way re-derives nothing: the loop stores the
+current subset and the served Selection in the checkpoint and calls the policy again only at the
+next epoch boundary.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from oceansar.data.selection import Selection
 
-POLICIES = ("none", "random", "static", "infobatch", "cluster_balanced")
+SUBSET_POLICIES = ("none", "random", "static", "cluster_balanced")
+LOSS_RULES = ("infobatch",)
+POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLICIES[1:]
+                                                for r in LOSS_RULES)
+
+
+def parse_policy(name: str) -> tuple[str, str | None]:
+    """`"cluster_balanced+infobatch"` -> `("cluster_balanced", "infobatch")`; `"infobatch"` -> `("none", "infobatch")`."""
+    if name not in POLICIES:
+        raise ValueError(f"config.pruning.policy: unknown policy {name!r}; known: {POLICIES}")
+    if name in LOSS_RULES:
+        return "none", name
+    subset, _, rule = name.partition("+")
+    return subset, rule or None
 
 
 class FullData:
@@ -54,40 +75,40 @@ class StaticSubset:
 
 
 class InfoBatch:
-    """InfoBatch (Qin et al., ICLR 2024; METHODS 5.1) on the drift-free loss table.
+    """InfoBatch (Qin et al., ICLR 2024; METHODS 5.1) on the drift-free loss table, inside a subset.
 
-    Each epoch, among the samples already seen, those whose score is strictly below the mean score
-    ("well learned") are randomly dropped with probability `prune_ratio`; the kept ones get loss
-    weight 1 / (1 - prune_ratio) so the gradient stays unbiased. Samples never seen are kept (InfoBatch
-    starts every score at 3.0, above any mean, so its first epoch is full data too). Once
-    `examples_seen` reaches `delta` of the budget the policy anneals back to full data with weight 1.
-    Scores are the table's batch-relative EMA (`loss_stats`), so stale scores of earlier epochs stay
-    comparable despite the DINO loss drift.
+    Each epoch, among the subset's samples already seen, those whose score is strictly below the
+    subset's mean score ("well learned") are randomly dropped with probability `prune_ratio`; the
+    kept ones get loss weight 1 / (1 - prune_ratio) (times the subset's own weight) so the gradient
+    stays unbiased. Samples never seen are kept (InfoBatch starts every score at 3.0, above any
+    mean, so its first epoch is the whole subset too). Once `examples_seen` reaches `delta` of the
+    budget the rule anneals back to the whole subset. Scores are the table's batch-relative EMA
+    (`loss_stats`), so stale scores of earlier epochs stay comparable despite the DINO loss drift.
     """
 
-    def __init__(self, num_samples: int, *, prune_ratio: float, delta: float, total_examples: int,
-                 seed: int):
-        self.num_samples, self.seed = num_samples, seed
+    def __init__(self, *, prune_ratio: float, delta: float, total_examples: int, seed: int):
+        self.seed = seed
         self.keep_ratio = float(np.clip(1.0 - prune_ratio, 0.1, 1.0))
         self.anneal_at = delta * total_examples
 
-    def select(self, epoch: int, *, examples_seen: int, loss_table, **signals) -> Selection:
-        del signals
+    def apply(self, pool: Selection, epoch: int, *, examples_seen: int, loss_table) -> Selection:
+        """The part of `pool` this epoch visits, with InfoBatch's re-weighting."""
         if examples_seen >= self.anneal_at:
-            return Selection.full(self.num_samples)
+            return pool
         table = loss_table()
-        score, seen = np.asarray(table["score"]), np.asarray(table["count"]) > 0
+        score = np.asarray(table["score"])[pool.indices]
+        seen = np.asarray(table["count"])[pool.indices] > 0
         if not seen.any():
-            return Selection.full(self.num_samples)
+            return pool
         well = np.flatnonzero(seen & (score < score[seen].mean()))
         rng = np.random.default_rng([self.seed, epoch, 0x1B])
         kept_well = rng.choice(well, int(np.floor(self.keep_ratio * well.size)), replace=False)
-        rest = np.setdiff1d(np.arange(self.num_samples), well, assume_unique=True)
-        indices = np.concatenate([rest, np.sort(kept_well)])
-        weights = np.concatenate([np.ones(rest.size, np.float32),
-                                  np.full(kept_well.size, 1.0 / self.keep_ratio, np.float32)])
-        order = np.argsort(indices, kind="stable")
-        return Selection(indices[order], weights[order])
+        keep = np.ones(len(pool), bool)
+        keep[well] = False
+        keep[kept_well] = True
+        weights = pool.weights.copy()
+        weights[kept_well] /= self.keep_ratio
+        return Selection(pool.indices[keep], weights[keep])
 
 
 class ClusterBalanced:
@@ -111,6 +132,7 @@ class ClusterBalanced:
         self.n_keep = min(max(1, int(round(rho * num_samples))), self.subset_size)
         self.n_clusters = tuple(int(k) for k in n_clusters)
         self.n_resamples = n_resamples
+        self.last_resampling: dict[str, Any] | None = None
 
     def due(self, epoch: int, examples_seen: int, previous: Selection | None) -> bool:
         """Whether this epoch re-clusters (a pure function of the checkpointed state)."""
@@ -122,6 +144,7 @@ class ClusterBalanced:
     def select(self, epoch: int, *, examples_seen: int, embed, previous: Selection | None = None,
                **signals) -> Selection:
         del signals
+        self.last_resampling = None
         if examples_seen < self.warmup_examples:
             return Selection.full(self.num_samples)
         if not self.due(epoch, examples_seen, previous):
@@ -141,23 +164,68 @@ class ClusterBalanced:
             embeddings, levels, n_resamples=self.n_resamples, key=int(rng.integers(2**31)))
         kept = sampling.balanced_sample(hierarchy, self.n_keep, key=int(rng.integers(2**31)),
                                         strategy="eta", eta=self.eta)
+        leaf = np.asarray(hierarchy.levels[0].assignment)
+        top = hierarchy.leaf_of_level(len(levels) - 1)
+        self.last_resampling = {  # the cluster-size histograms of the selection (run report)
+            "epoch": epoch, "examples_seen": examples_seen, "embedded": int(self.subset_size),
+            "kept": int(kept.size), "levels": levels,
+            "leaf_sizes_before": np.bincount(leaf, minlength=levels[0]).tolist(),
+            "leaf_sizes_after": np.bincount(leaf[kept], minlength=levels[0]).tolist(),
+            "top_sizes_before": np.bincount(top, minlength=levels[-1]).tolist(),
+            "top_sizes_after": np.bincount(top[kept], minlength=levels[-1]).tolist(),
+        }
         return Selection.subset(np.sort(subset[kept]))
 
 
-def make_policy(pruning, *, num_samples: int, seed: int, total_examples: int):
-    if pruning.policy == "none":
-        return FullData(num_samples)
-    if pruning.policy == "random":
-        return RandomSubset(num_samples, rho=pruning.rho, seed=seed)
-    if pruning.policy == "infobatch":
-        return InfoBatch(num_samples, prune_ratio=pruning.prune_ratio, delta=pruning.delta,
+class Pruner:
+    """A subset policy, then optionally a loss rule inside the subset (the config's `policy`)."""
+
+    def __init__(self, subset, rule: InfoBatch | None = None):
+        self.subset, self.rule = subset, rule
+
+    def select(self, epoch: int, *, previous: Selection | None, examples_seen: int,
+               **signals) -> tuple[Selection, Selection]:
+        """The epoch's subset and the Selection served from it.
+
+        Args:
+          epoch: the epoch about to start.
+          previous: the previous epoch's subset (None at the start of a run).
+          examples_seen: examples seen before this epoch.
+          **signals: `embed(indices) -> features` and `loss_table() -> dict`, read on demand.
+
+        Returns:
+          (subset, served): what the subset policy keeps this epoch and what the loss rule (if any)
+          serves of it. Without a loss rule they are the same Selection.
+        """
+        subset = self.subset.select(epoch, previous=previous, examples_seen=examples_seen, **signals)
+        if self.rule is None:
+            return subset, subset
+        return subset, self.rule.apply(subset, epoch, examples_seen=examples_seen,
+                                       loss_table=signals["loss_table"])
+
+    @property
+    def last_resampling(self) -> dict[str, Any] | None:
+        """Cluster sizes of the latest re-clustering, for cluster-balanced subsets."""
+        return getattr(self.subset, "last_resampling", None)
+
+
+def make_policy(pruning, *, num_samples: int, seed: int, total_examples: int) -> Pruner:
+    """The Pruner named by `pruning.policy` with the hyperparameters of `config.pruning`."""
+    subset_name, rule_name = parse_policy(pruning.policy)
+    if subset_name == "none":
+        subset = FullData(num_samples)
+    elif subset_name == "random":
+        subset = RandomSubset(num_samples, rho=pruning.rho, seed=seed)
+    elif subset_name == "static":
+        subset = StaticSubset(pruning.selection, num_samples=num_samples)
+    else:
+        subset = ClusterBalanced(num_samples, rho=pruning.rho, eta=pruning.eta,
+                                 warmup_examples=pruning.warmup_examples,
+                                 every_epochs=pruning.every_epochs, subset_size=pruning.subset_size,
+                                 n_clusters=pruning.n_clusters, n_resamples=pruning.n_resamples,
+                                 seed=seed)
+    rule = None
+    if rule_name == "infobatch":
+        rule = InfoBatch(prune_ratio=pruning.prune_ratio, delta=pruning.delta,
                          total_examples=total_examples, seed=seed)
-    if pruning.policy == "cluster_balanced":
-        return ClusterBalanced(num_samples, rho=pruning.rho, eta=pruning.eta,
-                               warmup_examples=pruning.warmup_examples,
-                               every_epochs=pruning.every_epochs, subset_size=pruning.subset_size,
-                               n_clusters=pruning.n_clusters, n_resamples=pruning.n_resamples,
-                               seed=seed)
-    if pruning.policy == "static":
-        return StaticSubset(pruning.selection, num_samples=num_samples)
-    raise ValueError(f"config.pruning.policy: unknown policy {pruning.policy!r}; known: {POLICIES}")
+    return Pruner(subset, rule)

@@ -27,6 +27,7 @@ from oceansar.evals import features as features_lib
 from oceansar.evals import probes
 from oceansar.metrics import MetricWriter, plot_run, read_jsonl, truncate_after
 from oceansar.pruning import policies
+from oceansar.pruning.report import ResamplingLog, plot_pruning
 from oceansar.train import optimizer as optim_lib
 from oceansar.train import state as state_lib
 from oceansar.train import step as step_lib
@@ -68,11 +69,14 @@ class Evaluator:
                                         seed=self.config.seed)
 
 
-def selection_summary(source, selection: Selection) -> dict[str, float]:
-    """Size, mean weight and, where the source knows its hidden labels (the simulator), the class
-    shares of a selection: the picture of pruning rebalancing the tail."""
+def selection_summary(source, selection: Selection, *, resamplings: int = 0) -> dict[str, float]:
+    """Size, kept fraction, mean weight, re-clusterings so far and, where the source knows its
+    hidden labels (the simulator), the class shares of a selection: the picture of pruning
+    rebalancing the tail."""
     out = {"selection_size": len(selection),
-           "pruning/weight_mean": float(selection.weights.mean())}
+           "pruning/kept_fraction": len(selection) / len(source),
+           "pruning/weight_mean": float(selection.weights.mean()),
+           "pruning/resamplings": resamplings}
     if hasattr(source, "labels") and hasattr(source, "class_names"):
         counts = np.bincount(source.labels(selection.indices), minlength=len(source.class_names))
         out.update({f"pruning/class_share/{name}": float(c) / len(selection)
@@ -87,11 +91,32 @@ def _format_results(title: str, results: dict[str, float]) -> str:
                                           if k + "_std" in results else "") for k in keys)
 
 
-def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
+def _pruning_arrays(subset: Selection, served: Selection) -> dict[str, np.ndarray]:
+    """The checkpoint's pruning item: the served Selection and the subset it was drawn from."""
+    return served.to_arrays() | {f"subset_{k}": v for k, v in subset.to_arrays().items()}
+
+
+def _from_pruning_arrays(arrays) -> tuple[Selection, Selection]:
+    served = Selection.from_arrays(arrays)
+    if "subset_indices" not in arrays:
+        return served, served
+    return Selection.from_arrays({k[len("subset_"):]: v for k, v in arrays.items()
+                                  if k.startswith("subset_")}), served
+
+
+def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None) -> dict[str, Any]:
     """Pretrains per `config` in `workdir`, resuming from its latest checkpoint if any.
 
+    Args:
+      config: the recipe (see configs/).
+      workdir: where checkpoints, metrics, the release and the summary go.
+      stop_at_step: if set, save a checkpoint at this step and return without the final
+        evaluation (the schedules still span the whole budget): a shared prefix that other runs
+        continue from with `config.resume` (the comparison's common warm-up).
+
     Returns:
-      A summary dict: steps, examples seen, wall time, final and at-init evaluation results.
+      A summary dict: steps, examples seen, wall time, pruning record, final and at-init
+      evaluation results (only steps and examples seen when stopped early).
     """
     workdir = pathlib.Path(workdir)
     devices = config.num_devices or jax.device_count()
@@ -137,10 +162,13 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         restore_from = Checkpointer(config.resume, max_to_keep=config.keep_checkpoints)
         if restore_from.latest_step() is None:
             raise FileNotFoundError(f"config.resume: no checkpoint under {config.resume}")
+    resampling_log = ResamplingLog(workdir, enabled=is_main)
     if restore_from is not None:
         start = restore_from.latest_step()
         meta, pruning_arrays = restore_from.restore_meta(start)
-        epoch, selection = meta["epoch"], Selection.from_arrays(pruning_arrays)
+        epoch = meta["epoch"]
+        resamplings = meta.get("resamplings", 0)
+        subset, selection = _from_pruning_arrays(pruning_arrays)
         data_iter = epoch_iterator(selection, epoch)
         state = restore_from.restore_state(start, abstract_state=abstract_like(state),
                                            data_iterator=data_iter)
@@ -148,14 +176,19 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
             restore_from.close()
         if is_main:
             truncate_after(workdir / "metrics.jsonl", start)
+            resampling_log.truncate_after(epoch if restore_from is ckpt else -1)
         logging.warning("resumed from step %d (epoch %d) of %s", start, epoch, restore_from.directory)
     else:
-        start, epoch = 0, 0
-        selection = policy.select(epoch, **signals(0, None))
+        start, epoch, resamplings = 0, 0, 0
+        resampling_log.truncate_after(-1)
+        subset, selection = policy.select(epoch, **signals(0, None))
+        if policy.last_resampling is not None:
+            resamplings += 1
+            resampling_log.append(policy.last_resampling)
         data_iter = epoch_iterator(selection, epoch)
 
     writer = MetricWriter(workdir, enabled=is_main)
-    selection_info = selection_summary(source, selection)
+    selection_info = selection_summary(source, selection, resamplings=resamplings)
     preempted = {"flag": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.update(flag=True))
 
@@ -164,8 +197,10 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
             raise NonFiniteLossError(
                 f"non-finite loss before step {step}; not saved (last good checkpoint: "
                 f"{ckpt.latest_step()} in {ckpt.directory})")
-        ckpt.save(step, state=state, data_iterator=data_iter, pruning=selection.to_arrays(),
-                  meta={"epoch": epoch, "examples_seen": step * config.batch_size})
+        ckpt.save(step, state=state, data_iterator=data_iter,
+                  pruning=_pruning_arrays(subset, selection),
+                  meta={"epoch": epoch, "examples_seen": step * config.batch_size,
+                        "resamplings": resamplings})
 
     eval_every = (config.eval.every_examples // config.batch_size) if config.eval.every_examples else 0
     step = int(jax.device_get(state.step))
@@ -175,15 +210,19 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     pending: tuple[int, dict, int, dict] | None = None
     t_last, step_last = time.perf_counter(), step
     t_start = time.perf_counter()
+    end_step = budget.total_steps if stop_at_step is None else min(stop_at_step, budget.total_steps)
     try:
-        while step < budget.total_steps:
+        while step < end_step:
             try:
                 batch = next(data_iter)
             except StopIteration:
                 epoch += 1
-                selection = policy.select(epoch, **signals(step * config.batch_size, selection))
+                subset, selection = policy.select(epoch, **signals(step * config.batch_size, subset))
+                if policy.last_resampling is not None:
+                    resamplings += 1
+                    resampling_log.append(policy.last_resampling)
                 data_iter = epoch_iterator(selection, epoch)
-                selection_info = selection_summary(source, selection)
+                selection_info = selection_summary(source, selection, resamplings=resamplings)
                 continue
             device_batch = sharding.shard_batch(
                 mesh, {k: batch[k] for k in ("image", "sample_id", "weight")})
@@ -240,18 +279,31 @@ def run(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
     train_seconds = time.perf_counter() - t_start
+    if step < budget.total_steps:  # stopped at stop_at_step: a prefix for other runs
+        writer.close()
+        ckpt.close()
+        return {"steps": step, "examples_seen": step * config.batch_size}
 
     final = evaluator(state.teacher, progress=config.progress and is_main)
     writer.write(step, {f"eval/{k}": v for k, v in final.items()}
                  | {"examples_seen": step * config.batch_size})
-    summary: dict[str, Any] = {"steps": step, "examples_seen": step * config.batch_size,
-                               "train_seconds": round(train_seconds, 1), "final": final}
+    summary: dict[str, Any] = {
+        "steps": step, "examples_seen": step * config.batch_size,
+        "train_seconds": round(train_seconds, 1),
+        "pruning": {"policy": config.pruning.policy, "epochs": epoch + 1,
+                    "resamplings": resamplings, "subset_size": len(subset),
+                    "selection_size": len(selection),
+                    "kept_fraction": round(len(selection) / len(source), 4)},
+        "final": final}
     if config.eval.at_init:
         _, _, init = state_lib.init_state(config, num_samples=1, tx=tx)
         summary["at_init"] = evaluator(sharding.replicate(mesh, init.teacher))
     if is_main:
         release.export(workdir / "release", teacher_params=state.teacher, config=config)
-        plot_run(read_jsonl(workdir / "metrics.jsonl"), workdir / "metrics.png")
+        records = read_jsonl(workdir / "metrics.jsonl")
+        plot_run(records, workdir / "metrics.png")
+        if config.pruning.policy != "none":
+            plot_pruning(records, resampling_log.records, workdir / "pruning.png")
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(_format_results(f"teacher after {summary['examples_seen']} examples:", final))
         if "at_init" in summary:

@@ -64,12 +64,14 @@ def standardize(image: jax.Array, *, mean: float, std: float) -> jax.Array:
     return (x - mean) / std
 
 
-def make_train_step(graphdef, rest, tx: optax.GradientTransformation, config,
-                    budget: Budget) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
+def make_train_step(graphdef, rest, tx: optax.GradientTransformation, config, budget: Budget, *,
+                    update_loss_stats: bool = True
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
     """The jitted `train_step(state, batch) -> (state, metrics, per_sample_loss)`.
 
     `batch` holds `image` [B,H,W,C], `sample_id` [B] and `weight` [B], sharded over `data`. The
-    state argument is donated.
+    state argument is donated. `update_loss_stats=False` leaves the loss table untouched; it exists
+    so `benchmarks/pruning_overhead.py` can price the table update against the same step.
     """
     spec = multicrop_spec(config.crops)
     d, o = config.dino, config.optim
@@ -118,8 +120,10 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, config,
         teacher_params = jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s,
                                       state.teacher, params)
         center = dino.update_center(state.center, t_logits, d.center_momentum)
-        table = loss_stats.update(state.loss_stats, batch["sample_id"], per_sample, batch["weight"],
-                                  step, momentum=stats_momentum)
+        table = state.loss_stats
+        if update_loss_stats:
+            table = loss_stats.update(table, batch["sample_id"], per_sample, batch["weight"], step,
+                                      momentum=stats_momentum)
         finite = state.finite & jnp.isfinite(loss)
 
         metrics = {
