@@ -1,4 +1,4 @@
-r"""oceansar command line: pretrain, evaluate, export, embed or curate from an ml_collections recipe.
+r"""oceansar command line: pretrain, evaluate, export, embed, curate or compare from an ml_collections recipe.
 
     python launch.py                                        # configs/default.py, runs/default
     python launch.py --config=configs/oceansar1.py:variant=S/8 --workdir=runs/s8
@@ -7,6 +7,7 @@ r"""oceansar command line: pretrain, evaluate, export, embed or curate from an m
     python launch.py --mode=export --workdir=runs/default     # write runs/default/release
     python launch.py --mode=embed --config=configs/embed.py:release=runs/default/release
     python launch.py --mode=curate --config=configs/curate_hkmeans.py:embeddings=runs/embed
+    python launch.py --mode=compare --config=configs/compare.py --workdir=runs/compare
 
 Rerunning a command resumes from the workdir's latest checkpoint. Launched as several processes
 (SLURM, a TPU pod, or --coordinator_address/--num_processes/--process_id), it first joins the
@@ -22,7 +23,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Recipe file, optionally with ':arg'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<recipe name>).")
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export", "embed", "curate"],
+_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export", "embed", "curate", "compare"],
                           "What to do.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")

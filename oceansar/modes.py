@@ -1,5 +1,5 @@
-"""What `launch.py --mode=...` runs: pretrain, evaluate, export, embed or curate, each a function
-of (config, workdir)."""
+"""What `launch.py --mode=...` runs: pretrain, evaluate, export, embed, curate or compare, each a
+function of (config, workdir)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import pathlib
 
 from oceansar import release, sharding
 from oceansar.checkpoint import Checkpointer, abstract_like
+from oceansar.compare import compare
 from oceansar.curate import curate
 from oceansar.data import sources
 from oceansar.embed import embed
@@ -51,4 +52,5 @@ def export(config, workdir) -> pathlib.Path:
     return out
 
 
-MODES = {"pretrain": pretrain, "evaluate": evaluate, "export": export, "embed": embed, "curate": curate}
+MODES = {"pretrain": pretrain, "evaluate": evaluate, "export": export, "embed": embed, "curate": curate,
+         "compare": compare}

@@ -34,7 +34,7 @@ class ResamplingLog:
         self._write()
 
     def _write(self) -> None:
-        if self.enabled:
+        if self.enabled and (self.records or self.path.exists()):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(self.records))
 

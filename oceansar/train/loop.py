@@ -280,6 +280,8 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         bar.close()
     train_seconds = time.perf_counter() - t_start
     if step < budget.total_steps:  # stopped at stop_at_step: a prefix for other runs
+        if is_main:
+            release.export(workdir / "release", teacher_params=state.teacher, config=config)
         writer.close()
         ckpt.close()
         return {"steps": step, "examples_seen": step * config.batch_size}
@@ -293,7 +295,9 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         "pruning": {"policy": config.pruning.policy, "epochs": epoch + 1,
                     "resamplings": resamplings, "subset_size": len(subset),
                     "selection_size": len(selection),
-                    "kept_fraction": round(len(selection) / len(source), 4)},
+                    "kept_fraction": round(len(selection) / len(source), 4),
+                    "distinct_seen_fraction": round(float(
+                        (jax.device_get(state.loss_stats["count"]) > 0).mean()), 4)},
         "final": final}
     if config.eval.at_init:
         _, _, init = state_lib.init_state(config, num_samples=1, tx=tx)

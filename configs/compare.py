@@ -1,0 +1,77 @@
+r"""The equal-compute comparison: full, random, static and dynamic curation, same model and budget.
+
+    python launch.py --mode=compare --config=configs/compare.py --workdir=runs/compare
+    python launch.py --mode=compare --config=configs/compare.py:scale=8,variant=S/16 --workdir=...  # a GPU
+    python launch.py --mode=compare --config=configs/compare.py:smoke --workdir=/tmp/cmp           # seconds
+
+Every method trains the default recipe's model (configs/default.py) for the same number of examples
+seen, continuing from one shared full-data warm-up per seed (T_w, ended at an epoch boundary): full
+data, a random subset redrawn every epoch, a static SemDeDup subset and a static hierarchical-k-means
+subset (both curated once from the warm-up teacher's embeddings), OceanSAR-1's dynamic
+cluster-balanced pruning, and the same with InfoBatch inside the balanced subsets. Each run is
+evaluated identically every `eval.every_examples` and at the end; `<workdir>/results.md` tables the
+final numbers (mean ± std over seeds) and `accuracy.png` / `class_mix.png` draw the curves and the
+hidden class mix each method trained on. Rerunning the command resumes: finished runs are read back,
+an interrupted one continues from its checkpoint.
+
+`scale` multiplies the pool, the budget, the warm-up and the evaluation interval (the schedules follow
+the budget); the default (1) takes about 35-45 minutes on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, curate_hkmeans, curate_semdedup, default
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = common.parse_arg(arg, scale=1, seeds=2, variant="mu/8", smoke=False)
+    smoke = "smoke" if arg.smoke else ""
+    c = default.get_config(",".join(filter(None, [f"variant={arg.variant}", smoke])))
+    c.name = "compare"
+    scale = int(arg.scale)
+    c.data.num_samples *= scale
+    c.total_examples *= scale
+    c.pruning.warmup_examples *= scale
+    c.eval.every_examples *= scale
+    c.eval.at_init = False          # the random-init reference is evaluated once per seed
+    c.progress = False              # one line per run instead of a bar per run
+    c.pruning.subset_size = 0       # M = N: at this pool size embedding all of it is cheap
+
+    c.compare = dict(
+        methods=("full", "random", "static_semdedup", "static_hkmeans", "dynamic",
+                 "dynamic_infobatch"),
+        seeds=tuple(range(int(arg.seeds))),   # each seed draws its own pool, init and data order
+        # SemDeDup keeps what its eps decides; the comparison takes the eps of this list whose kept
+        # fraction is closest to pruning.rho, so every subset method trains on about as many images.
+        semdedup_eps=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6),
+    )
+    sd = curate_semdedup.get_config(smoke)
+    sd.semdedup.eps_list = c.compare.semdedup_eps
+    sd.semdedup.eps = c.compare.semdedup_eps[0]
+    hk = curate_hkmeans.get_config(smoke)
+    if not arg.smoke:
+        n = c.data.num_samples      # METHODS 1.3: k = N/20, N/200, N/2000
+        hk.hkmeans.n_clusters = (n // 20, n // 200, max(n // 2000, 2))
+        sd.semdedup.n_clusters = max(n // 128, 8)
+    for sub in (sd, hk):
+        sub.plot_examples = 0 if arg.smoke else sub.plot_examples
+        sub.progress = False
+    c.compare.curate_semdedup = sd
+    c.compare.curate_hkmeans = hk
+
+    if arg.smoke:
+        c.data.num_samples = 64
+        c.total_examples = 16 * 16
+        c.pruning.warmup_examples = 64
+        c.pruning.rho = 0.5
+        c.pruning.n_clusters = (8, 2)
+        c.pruning.n_resamples = 1
+        c.eval.every_examples = 16 * 8
+        c.compare.curate_hkmeans.hkmeans.n_clusters = (8, 2)
+        c.compare.curate_semdedup.semdedup.n_clusters = 4
+        # A few steps of a tiny net leave near-identical embeddings (median cosine ~0.999).
+        c.compare.curate_semdedup.semdedup.eps_list = (1e-4, 3e-4, 1e-3, 3e-3)
+        c.compare.curate_semdedup.semdedup.eps = 1e-4
+    c.compare.curate_hkmeans.target_fraction = c.pruning.rho
+    return c

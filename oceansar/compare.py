@@ -1,0 +1,291 @@
+"""`launch.py --mode=compare`: curation methods trained at equal compute, one table and two figures.
+
+For each seed, one full-data warm-up prefix is trained (`loop.run(..., stop_at_step)`, T_w rounded up
+to an epoch boundary, schedules spanning the whole budget) and released. The static methods embed the
+pool with that warm-up teacher (`--mode=embed`) and curate it once (`--mode=curate`: SemDeDup at the
+eps whose kept fraction is closest to rho, hierarchical k-means balanced sampling to rho). Every
+method then continues from the warm-up checkpoint to the same number of examples seen, so the runs
+differ only in what they train on after T_w (and "full" is exactly an uninterrupted full-data run).
+Results are read back from each run's `summary.json` and `metrics.jsonl`; a finished run is never
+redone and an interrupted one resumes from its own checkpoint, so rerunning the command continues.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from oceansar.curate import curate, KEPT_FILE, SUMMARY_FILE
+from oceansar.data import pipeline
+from oceansar.embed import embed
+from oceansar.metrics import read_jsonl
+from oceansar.train import loop
+
+METHODS = {                       # method -> pruning.policy
+    "full": "none",
+    "random": "random",
+    "static_semdedup": "static",
+    "static_hkmeans": "static",
+    "dynamic": "cluster_balanced",
+    "dynamic_infobatch": "cluster_balanced+infobatch",
+}
+# (eval key, column title, higher is better)
+COLUMNS = (("knn/top1_k20", "k-NN top-1", True), ("knn/balanced_acc_k20", "k-NN bal. acc", True),
+           ("linear/top1", "linear top-1", True), ("wind_speed/rmse", "wind RMSE m/s", False),
+           ("hs/rmse", "Hs RMSE m", False))
+
+
+def _check(config) -> None:
+    """Names the bad field before anything trains."""
+    unknown = [m for m in config.compare.methods if m not in METHODS]
+    if unknown or not config.compare.methods:
+        raise ValueError(f"config.compare.methods: unknown {unknown or 'empty list'}; known: {tuple(METHODS)}")
+    if not config.compare.seeds:
+        raise ValueError("config.compare.seeds: empty")
+    if config.eval.every_examples <= 0:
+        raise ValueError("config.eval.every_examples: the comparison evaluates along the budget; set > 0")
+
+
+def _prefix_steps(config) -> int:
+    """The warm-up prefix: T_w examples rounded up to a full-data epoch boundary."""
+    per_epoch = pipeline.steps_per_epoch(config.data.num_samples, config.batch_size)
+    return max(1, math.ceil(config.pruning.warmup_examples / (per_epoch * config.batch_size))) * per_epoch
+
+
+def _semdedup_eps(summary: dict[str, Any], target: int) -> float:
+    kept = {float(e): n for e, n in summary["kept_per_eps"].items()}
+    return min(kept, key=lambda e: (abs(kept[e] - target), e))
+
+
+def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path,
+                       methods) -> dict[str, pathlib.Path]:
+    """Embeds the pool with the warm-up teacher and curates it once per static method."""
+    out: dict[str, pathlib.Path] = {}
+    wanted = [m for m in methods if METHODS[m] == "static"]
+    if not wanted:
+        return out
+    embed_dir = seed_dir / "embed"
+    if not (embed_dir / "embed.json").is_file():
+        e = _embed_config(config, release_dir)
+        embed(e, embed_dir)
+    target = int(round(config.pruning.rho * config.data.num_samples))
+    for method in wanted:
+        curate_dir = seed_dir / f"curate_{method.removeprefix('static_')}"
+        out[method] = curate_dir
+        if (curate_dir / KEPT_FILE).is_file():
+            continue
+        c = (config.compare.curate_semdedup if method == "static_semdedup"
+             else config.compare.curate_hkmeans).copy_and_resolve_references()
+        c.embeddings, c.seed = str(embed_dir), config.seed
+        if method == "static_semdedup":
+            probe = curate_dir / "eps_probe"
+            if not (probe / SUMMARY_FILE).is_file():
+                curate(c, probe)
+            c.semdedup.eps = _semdedup_eps(json.loads((probe / SUMMARY_FILE).read_text()), target)
+        curate(c, curate_dir)
+    return out
+
+
+def _embed_config(config, release_dir: pathlib.Path):
+    import ml_collections
+
+    e = ml_collections.ConfigDict()
+    e.name, e.seed, e.release = "embed", config.seed, str(release_dir)
+    e.data = config.data.copy_and_resolve_references()
+    e.batch_size = config.eval.batch_size
+    e.num_devices, e.progress = config.num_devices, False
+    return e
+
+
+def _seed_config(config, seed: int):
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    return c
+
+
+def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
+    """Trains every (seed, method) that is not finished yet; returns the raw results."""
+    methods, seeds = tuple(config.compare.methods), tuple(config.compare.seeds)
+    prefix = _prefix_steps(config)
+    is_main = jax.process_index() == 0
+    bar = tqdm(total=len(seeds) * (len(methods) + 1), desc="compare", unit="run",
+               disable=not is_main, dynamic_ncols=True)
+    raw: dict[str, Any] = {"prefix_steps": prefix, "runs": {}}
+    for seed in seeds:
+        base = _seed_config(config, seed)
+        seed_dir = workdir / f"seed{seed}"
+        warm = seed_dir / "warmup"
+        if not (warm / "release" / "model.json").is_file():
+            warm_config = base.copy_and_resolve_references()
+            warm_config.pruning.policy = "none"
+            loop.run(warm_config, warm, stop_at_step=prefix)
+        bar.update(1)
+        static = _static_selections(base, seed_dir, warm / "release", methods)
+        for method in methods:
+            run_dir = seed_dir / method
+            if not (run_dir / "summary.json").is_file():
+                c = base.copy_and_resolve_references()
+                c.pruning.policy = METHODS[method]
+                c.pruning.selection = str(static.get(method, ""))
+                c.resume = str(warm / "checkpoints")
+                c.eval.at_init = method == methods[0]   # the random-init reference, once per seed
+                bar.set_postfix(seed=seed, method=method)
+                loop.run(c, run_dir)
+            raw["runs"][f"{method}/seed{seed}"] = _read_run(run_dir, warm)
+            bar.update(1)
+        raw["runs"][f"at_init/seed{seed}"] = {
+            "final": json.loads((seed_dir / methods[0] / "summary.json").read_text())["at_init"]}
+    bar.close()
+    return raw
+
+
+def _read_run(run_dir: pathlib.Path, warm: pathlib.Path) -> dict[str, Any]:
+    """The run's final results, its evaluation curve and its examples-weighted class mix, the shared
+    warm-up prefix included."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = read_jsonl(warm / "metrics.jsonl") + read_jsonl(run_dir / "metrics.jsonl")
+    curve = [{"examples_seen": r["examples_seen"], **{k[len("eval/"):]: v for k, v in r.items()
+                                                      if k.startswith("eval/")}}
+             for r in records if any(k.startswith("eval/") for k in r)]
+    train = [r for r in records if "train/loss" in r]
+    share_keys = sorted({k for r in train for k in r if k.startswith("pruning/class_share/")})
+    mix = {k.rsplit("/", 1)[-1]: float(np.mean([r.get(k, 0.0) for r in train])) for k in share_keys}
+    return {"final": summary["final"], "pruning": summary["pruning"],
+            "train_seconds": summary["train_seconds"], "curve": curve, "class_mix": mix}
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def table(raw: dict[str, Any], config) -> str:
+    """The markdown results table: final evaluation, mean ± std over seeds, best in bold."""
+    methods = ["at_init"] + list(config.compare.methods)
+    seeds = tuple(config.compare.seeds)
+    cells: dict[str, dict[str, tuple[float, float]]] = {}
+    for m in methods:
+        runs = [raw["runs"][f"{m}/seed{s}"] for s in seeds]
+        cells[m] = {key: _stats([r["final"][key] for r in runs]) for key, _, _ in COLUMNS}
+        if m != "at_init":
+            cells[m]["seconds"] = _stats([r["train_seconds"] for r in runs])
+            cells[m]["kept"] = _stats([r["pruning"]["kept_fraction"] for r in runs])
+            cells[m]["resamplings"] = _stats([r["pruning"]["resamplings"] for r in runs])
+            cells[m]["distinct"] = _stats([r["pruning"]["distinct_seen_fraction"] for r in runs])
+    best = {}
+    for key, _, higher in COLUMNS:
+        means = {m: cells[m][key][0] for m in config.compare.methods}
+        best[key] = (max if higher else min)(means, key=means.get)
+    head = (["method"] + [title for _, title, _ in COLUMNS]
+            + ["final kept", "pool seen", "resamplings", "train s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        row = [m if m != "at_init" else "random init (reference)"]
+        for key, _, _ in COLUMNS:
+            mean, std = cells[m][key]
+            text = f"{mean:.3f} ± {std:.3f}"
+            row.append(f"**{text}**" if best.get(key) == m else text)
+        if m == "at_init":
+            row += ["", "", "", ""]
+        else:
+            row += [f"{cells[m]['kept'][0]:.2f}", f"{cells[m]['distinct'][0]:.2f}",
+                    f"{cells[m]['resamplings'][0]:.1f}",
+                    f"{cells[m]['seconds'][0]:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(raw: dict[str, Any], config, out: pathlib.Path) -> None:
+    """Each evaluation metric against examples seen, one line per method (mean over seeds, ± std)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 3.6), squeeze=False)
+    for ax, (key, title, _) in zip(axes[0], COLUMNS):
+        for method in config.compare.methods:
+            curves = [{p["examples_seen"]: p[key] for p in raw["runs"][f"{method}/seed{s}"]["curve"]
+                       if key in p} for s in config.compare.seeds]
+            xs = sorted(set.intersection(*(set(c) for c in curves)))
+            ys = np.array([[c[x] for x in xs] for c in curves])
+            ax.plot(xs, ys.mean(0), marker=".", label=method)
+            if len(curves) > 1:
+                ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), alpha=0.15)
+        ax.axvline(raw["prefix_steps"] * config.batch_size, color="gray", lw=0.8, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel("examples seen")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_class_mix(raw: dict[str, Any], config, out: pathlib.Path) -> bool:
+    """The hidden class mix each method trained on (examples-weighted over the run, warm-up included)."""
+    mixes = {m: [raw["runs"][f"{m}/seed{s}"]["class_mix"] for s in config.compare.seeds]
+             for m in config.compare.methods}
+    classes = list(next(iter(mixes.values()))[0])
+    if not classes:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(classes)), 3.8))
+    width = 0.8 / len(mixes)
+    for i, (method, per_seed) in enumerate(mixes.items()):
+        shares = [np.mean([mix[c] for mix in per_seed]) for c in classes]
+        ax.bar(np.arange(len(classes)) + (i - (len(mixes) - 1) / 2) * width, shares, width, label=method)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(classes)), classes, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("share of examples seen")
+    ax.set_title("class mix of each method's training selection (hidden labels)")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Runs the comparison in `workdir` and writes results.md, results.json and the figures."""
+    _check(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = run_all(config, workdir)
+    if jax.process_index() != 0:
+        return raw
+    md = table(raw, config)
+    prefix = raw["prefix_steps"] * config.batch_size
+    text = "\n".join([
+        f"# Equal-compute comparison: {config.total_examples} examples seen per run",
+        "",
+        f"Model {config.model.variant}, pool of {config.data.num_samples} {config.data.source} images, "
+        f"batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
+        f"same full-data warm-up of {prefix} examples. Final evaluation of the teacher (balanced "
+        f"splits, {config.eval.num_train_per_class}/{config.eval.num_test_per_class} per class); "
+        "mean ± std over seeds; best method per column in bold. `final kept`: the fraction of the pool "
+        "in the last epoch's selection; `pool seen`: the fraction of the pool trained on at least once. "
+        "`train s`: training wall time including resamplings and "
+        "intermediate evaluations.",
+        "",
+        md,
+        "",
+        "![accuracy versus examples seen](accuracy.png)",
+        "",
+        "![class mix](class_mix.png)",
+        "",
+    ])
+    (workdir / "results.md").write_text(text)
+    (workdir / "results.json").write_text(json.dumps(raw, indent=1))
+    plot_curves(raw, config, workdir / "accuracy.png")
+    plot_class_mix(raw, config, workdir / "class_mix.png")
+    print(md)
+    return raw
