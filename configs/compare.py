@@ -33,10 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.num_samples *= scale
     c.total_examples *= scale
     c.pruning.warmup_examples *= scale
+    c.pruning.subset_size *= scale
     c.eval.every_examples *= scale
     c.eval.at_init = False          # the random-init reference is evaluated once per seed
     c.progress = False              # one line per run instead of a bar per run
-    c.pruning.subset_size = 0       # M = N: at this pool size embedding all of it is cheap
 
     c.compare = dict(
         methods=("full", "random", "static_semdedup", "static_hkmeans", "dynamic",

@@ -16,7 +16,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, smoke=False, variant="mu/8", policy="none")
+    arg = common.parse_arg(arg, smoke=False, variant="mu/8", policy="cluster_balanced")
     c = common.dino_config()
     c.name = "default"
     c.seed = 0
@@ -36,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mean=0.5,                  # input standardisation of uint8/255 pixels (dB-linear)
         std=0.25,
         worker_count=0,            # Grain worker processes; 0 reads in the main process
+        cache=True,                # read the pool (and the eval splits) into memory once: the
+                                   # simulator renders ~1 ms/image, more than a CPU train step costs
     )
     c.model = dict(
         variant=arg.variant,       # ViT variant string: Ti/16, S/16, S/8, B/16, B/8, mu/8 (tiny)
@@ -83,8 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         selection="",              # static: a --mode=curate workdir (kept_indices.npy, weights.npy)
         eta=0.5,                   # cluster_balanced: within-leaf mix, 0 closest to centroid, 1 random
         warmup_examples=64 * 400,  # cluster_balanced T_w: full data until the teacher is informative
-        every_epochs=2,            # cluster_balanced T_s: re-cluster every T_s (pruned) epochs
-        subset_size=0,             # cluster_balanced M: samples embedded per resampling (0 = all)
+        every_epochs=4,            # cluster_balanced T_s: re-cluster every T_s (pruned) epochs
+        subset_size=8192,          # cluster_balanced M: samples embedded per resampling (0 = all);
+                                   # 2 rho N (METHODS 1.3), so sampling has twice what it keeps
         n_clusters=(256, 32),      # hierarchical k-means levels (data level first)
         n_resamples=2,             # Vo et al. resampling rounds per level
         prune_ratio=0.5,           # infobatch r: fraction of below-mean-score samples dropped

@@ -20,7 +20,7 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, smoke=False, variant="S/16", policy="none",
+    arg = common.parse_arg(arg, smoke=False, variant="S/16", policy="cluster_balanced",
                            num_samples=1_000_000, epochs=100)
     c = default.get_config()  # every field of the embedded demo, then the OceanSAR-1 values
     c.name = "oceansar1"
@@ -60,12 +60,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.data.worker_count = 8                 # simulator rendering at 256 px is worth worker processes
-    c.pruning.policy = arg.policy
+    c.data.cache = False                    # 1M x 256 x 256 does not fit in memory; Grain workers read
+    c.pruning.policy = arg.policy           # OceanSAR-1 dynamic pruning (METHODS 1.2-1.3 defaults)
+    c.pruning.rho = 0.25
+    c.pruning.eta = 0.5
+    c.pruning.warmup_examples = 15 * epoch  # T_w: 15 % of the epochs
+    c.pruning.every_epochs = 4              # T_s, in pruned epochs
+    c.pruning.subset_size = 2 * int(c.pruning.rho * c.data.num_samples)  # M = 2 rho N
+    m = c.pruning.subset_size               # k = M/20, M/200, M/2000
+    c.pruning.n_clusters = (m // 20, m // 200, max(m // 2000, 2))
+    c.pruning.n_resamples = 10
 
     if arg.smoke:
         c.data.num_samples = 64
         c.data.image_size = 32
         c.data.worker_count = 0
+        c.pruning.subset_size = 64
+        c.pruning.n_clusters = (8, 2)
         c.model.variant = "mu/8"
         c.model.dtype = "float32"
         c.model.out_dim = 64

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pathlib
 
 from oceansar.data import synthetic_wv
+from oceansar.data.cache import InMemorySource
 from oceansar.data.folder import ImageFolderSource
 from oceansar.data.tfds_wv import TFDSSource
 from oceansar.data.wv_files import WVFileSource
@@ -16,7 +17,13 @@ SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
 
 
 def make_pretrain_source(data, *, seed: int):
-    """The unlabelled pretraining pool of `config.data` (labels, if any, stay hidden)."""
+    """The unlabelled pretraining pool of `config.data` (labels, if any, stay hidden), read into
+    memory once when `data.cache` is set."""
+    source = _pretrain_source(data, seed=seed)
+    return InMemorySource(source, progress=True) if data.get("cache", False) else source
+
+
+def _pretrain_source(data, *, seed: int):
     if data.source == "synthetic_wv":
         return synthetic_wv.SyntheticWV(
             num_samples=data.num_samples, image_size=data.image_size, seed=seed,
@@ -35,7 +42,15 @@ def make_pretrain_source(data, *, seed: int):
 
 
 def make_eval_sources(config):
-    """(train, test) labelled sources of `config.eval`, at the pretraining image size."""
+    """(train, test) labelled sources of `config.eval`, at the pretraining image size, in memory when
+    `config.data.cache` is set (they are read at every evaluation)."""
+    splits = _eval_sources(config)
+    if config.data.get("cache", False):
+        return tuple(InMemorySource(s) for s in splits)
+    return splits
+
+
+def _eval_sources(config):
     ev, size = config.eval, config.data.image_size
     if ev.source == "synthetic_wv":
         return synthetic_wv.evaluation_splits(ev.num_train_per_class, ev.num_test_per_class,

@@ -134,20 +134,21 @@ class ClusterBalanced:
         self.n_resamples = n_resamples
         self.last_resampling: dict[str, Any] | None = None
 
-    def due(self, epoch: int, examples_seen: int, previous: Selection | None) -> bool:
-        """Whether this epoch re-clusters (a pure function of the checkpointed state)."""
+    def due(self, epoch: int, examples_seen: int, last_resampling_epoch: int | None) -> bool:
+        """Whether this epoch re-clusters: the first epoch past T_w, then every T_s epochs after the
+        previous re-clustering (`(e - T_w) % T_s == 0` of METHODS 1.2, counted from the first
+        pruned epoch). A pure function of what the checkpoint holds."""
         if examples_seen < self.warmup_examples:
             return False
-        coming_from_warmup = previous is None or len(previous) == self.num_samples
-        return coming_from_warmup or epoch % self.every_epochs == 0
+        return last_resampling_epoch is None or epoch - last_resampling_epoch >= self.every_epochs
 
     def select(self, epoch: int, *, examples_seen: int, embed, previous: Selection | None = None,
-               **signals) -> Selection:
+               last_resampling_epoch: int | None = None, **signals) -> Selection:
         del signals
         self.last_resampling = None
         if examples_seen < self.warmup_examples:
             return Selection.full(self.num_samples)
-        if not self.due(epoch, examples_seen, previous):
+        if not self.due(epoch, examples_seen, last_resampling_epoch):
             return previous
         from curation import hierarchical, sampling  # the kernels, only where re-clustering runs
 

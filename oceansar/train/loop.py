@@ -139,7 +139,8 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     local_batch = config.batch_size // jax.process_count()
     embed_cls = step_lib.make_embed_fn(graphdef, rest, config, features="cls")
 
-    def signals(examples_seen: int, previous: Selection | None) -> dict[str, Any]:
+    def signals(examples_seen: int, previous: Selection | None,
+                last_resampling_epoch: int | None) -> dict[str, Any]:
         """What a pruning policy may read at an epoch boundary; each fetched only if used."""
         def embed(indices):
             return features_lib.extract_features(
@@ -147,6 +148,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
                 batch_size=config.eval.batch_size, indices=indices, mesh=mesh,
                 desc="pruning embed")["features"]
         return {"examples_seen": examples_seen, "previous": previous, "embed": embed,
+                "last_resampling_epoch": last_resampling_epoch,
                 "loss_table": lambda: jax.device_get(state.loss_stats)}
 
     def epoch_iterator(selection: Selection, epoch: int):
@@ -168,6 +170,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         meta, pruning_arrays = restore_from.restore_meta(start)
         epoch = meta["epoch"]
         resamplings = meta.get("resamplings", 0)
+        last_resampled = meta.get("last_resampling_epoch")
         subset, selection = _from_pruning_arrays(pruning_arrays)
         data_iter = epoch_iterator(selection, epoch)
         state = restore_from.restore_state(start, abstract_state=abstract_like(state),
@@ -179,11 +182,11 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
             resampling_log.truncate_after(epoch if restore_from is ckpt else -1)
         logging.warning("resumed from step %d (epoch %d) of %s", start, epoch, restore_from.directory)
     else:
-        start, epoch, resamplings = 0, 0, 0
+        start, epoch, resamplings, last_resampled = 0, 0, 0, None
         resampling_log.truncate_after(-1)
-        subset, selection = policy.select(epoch, **signals(0, None))
+        subset, selection = policy.select(epoch, **signals(0, None, None))
         if policy.last_resampling is not None:
-            resamplings += 1
+            resamplings, last_resampled = resamplings + 1, epoch
             resampling_log.append(policy.last_resampling)
         data_iter = epoch_iterator(selection, epoch)
 
@@ -200,7 +203,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         ckpt.save(step, state=state, data_iterator=data_iter,
                   pruning=_pruning_arrays(subset, selection),
                   meta={"epoch": epoch, "examples_seen": step * config.batch_size,
-                        "resamplings": resamplings})
+                        "resamplings": resamplings, "last_resampling_epoch": last_resampled})
 
     eval_every = (config.eval.every_examples // config.batch_size) if config.eval.every_examples else 0
     step = int(jax.device_get(state.step))
@@ -217,9 +220,10 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
                 batch = next(data_iter)
             except StopIteration:
                 epoch += 1
-                subset, selection = policy.select(epoch, **signals(step * config.batch_size, subset))
+                subset, selection = policy.select(
+                    epoch, **signals(step * config.batch_size, subset, last_resampled))
                 if policy.last_resampling is not None:
-                    resamplings += 1
+                    resamplings, last_resampled = resamplings + 1, epoch
                     resampling_log.append(policy.last_resampling)
                 data_iter = epoch_iterator(selection, epoch)
                 selection_info = selection_summary(source, selection, resamplings=resamplings)
