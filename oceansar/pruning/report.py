@@ -39,6 +39,24 @@ class ResamplingLog:
             self.path.write_text(json.dumps(self.records))
 
 
+def resampling_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """Scalar summaries of one re-clustering's kept cluster sizes, for the metrics log."""
+    import numpy as np
+
+    out = {}
+    for level in ("leaf", "top"):
+        before = np.asarray(record[f"{level}_sizes_before"])
+        after = np.asarray(record[f"{level}_sizes_after"])
+        occupied = before > 0
+        out[f"pruning/{level}_clusters_kept"] = int((after > 0).sum())
+        out[f"pruning/{level}_kept_max"] = int(after.max())
+        out[f"pruning/{level}_kept_median"] = float(np.median(after[occupied]))
+        # max/median cluster size before vs after: how much balanced sampling flattened the mix
+        out[f"pruning/{level}_imbalance_before"] = float(before.max() / max(np.median(before[occupied]), 1))
+        out[f"pruning/{level}_imbalance_after"] = float(after.max() / max(np.median(after[occupied]), 1))
+    return out
+
+
 def plot_pruning(metrics: list[dict[str, Any]], resamplings: list[dict[str, Any]],
                  out: str | pathlib.Path) -> bool:
     """Class shares of the selection against examples seen, and cluster sizes before/after.

@@ -27,7 +27,7 @@ from oceansar.evals import features as features_lib
 from oceansar.evals import probes
 from oceansar.metrics import MetricWriter, plot_run, read_jsonl, truncate_after
 from oceansar.pruning import policies
-from oceansar.pruning.report import ResamplingLog, plot_pruning
+from oceansar.pruning.report import ResamplingLog, plot_pruning, resampling_scalars
 from oceansar.train import optimizer as optim_lib
 from oceansar.train import state as state_lib
 from oceansar.train import step as step_lib
@@ -151,6 +151,15 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
                 "last_resampling_epoch": last_resampling_epoch,
                 "loss_table": lambda: jax.device_get(state.loss_stats)}
 
+    def select(epoch: int, examples_seen: int, previous: Selection | None):
+        """The policy's (subset, served) for `epoch`, counting and logging re-clusterings."""
+        nonlocal resamplings, last_resampled
+        chosen = policy.select(epoch, **signals(examples_seen, previous, last_resampled))
+        if policy.last_resampling is not None:
+            resamplings, last_resampled = resamplings + 1, epoch
+            resampling_log.append(policy.last_resampling)
+        return chosen
+
     def epoch_iterator(selection: Selection, epoch: int):
         ds = pipeline.epoch_dataset(
             source, selection, seed=config.seed, epoch=epoch, batch_size=local_batch,
@@ -184,14 +193,19 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     else:
         start, epoch, resamplings, last_resampled = 0, 0, 0, None
         resampling_log.truncate_after(-1)
-        subset, selection = policy.select(epoch, **signals(0, None, None))
-        if policy.last_resampling is not None:
-            resamplings, last_resampled = resamplings + 1, epoch
-            resampling_log.append(policy.last_resampling)
+        subset, selection = select(epoch, 0, None)
         data_iter = epoch_iterator(selection, epoch)
 
     writer = MetricWriter(workdir, enabled=is_main)
-    selection_info = selection_summary(source, selection, resamplings=resamplings)
+
+    def describe(selection: Selection, resamplings: int) -> dict[str, float]:
+        """The selection's log fields, with the latest re-clustering's cluster-size summary."""
+        info = selection_summary(source, selection, resamplings=resamplings)
+        if resampling_log.records:
+            info |= resampling_scalars(resampling_log.records[-1])
+        return info
+
+    selection_info = describe(selection, resamplings)
     preempted = {"flag": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.update(flag=True))
 
@@ -220,13 +234,9 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
                 batch = next(data_iter)
             except StopIteration:
                 epoch += 1
-                subset, selection = policy.select(
-                    epoch, **signals(step * config.batch_size, subset, last_resampled))
-                if policy.last_resampling is not None:
-                    resamplings, last_resampled = resamplings + 1, epoch
-                    resampling_log.append(policy.last_resampling)
+                subset, selection = select(epoch, step * config.batch_size, subset)
                 data_iter = epoch_iterator(selection, epoch)
-                selection_info = selection_summary(source, selection, resamplings=resamplings)
+                selection_info = describe(selection, resamplings)
                 continue
             device_batch = sharding.shard_batch(
                 mesh, {k: batch[k] for k in ("image", "sample_id", "weight")})
