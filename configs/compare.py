@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         seeds=tuple(range(int(arg.seeds))),   # each seed draws its own pool, init and data order
         # SemDeDup keeps what its eps decides; the comparison takes the eps of this list whose kept
         # fraction is closest to pruning.rho, so every subset method trains on about as many images.
-        semdedup_eps=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6),
+        # The tiny default ViT has 32-d features in which most pairs of a cluster are above cosine
+        # 0.98, so the useful eps are far below the 0.05-0.3 of large backbones.
+        semdedup_eps=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
     )
     sd = curate_semdedup.get_config(smoke)
     sd.semdedup.eps_list = c.compare.semdedup_eps
