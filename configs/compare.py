@@ -15,7 +15,7 @@ hidden class mix each method trained on. Rerunning the command resumes: finished
 an interrupted one continues from its checkpoint.
 
 `scale` multiplies the pool, the budget, the warm-up and the evaluation interval (the schedules follow
-the budget); the default (1) takes about 35-45 minutes on a 2-core CPU.
+the budget); the default (1) took 31 min on a 2-core CPU (2 seeds x 6 methods, 2000 steps each).
 """
 from __future__ import annotations
 
