@@ -241,7 +241,10 @@ def _prepare(x: np.ndarray, k: int, mode: str, block_size, mesh):
     if mode == "cosine":
         x = _normalize_np(x)
     block, tile_k = _tiling(k, block_size)
-    block = min(block, max(8, -(-x.shape[0] // (_n_shards(mesh) * _BLOCK_BUCKET))))
+    # Small problems shrink the block, rounded up to a power of two: refits on data-dependent numbers of
+    # points (hierarchical resampling rounds) then reuse a handful of compiled shapes.
+    rows = max(8, -(-x.shape[0] // (_n_shards(mesh) * _BLOCK_BUCKET)))
+    block = min(block, 1 << (rows - 1).bit_length())
     xblocks, valid = _blocks(x, block, _n_shards(mesh))
     xsq = np.einsum("nbd,nbd->nb", xblocks, xblocks)
     return x, tile_k, _place(mesh, xblocks, xsq, valid)
