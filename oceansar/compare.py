@@ -17,6 +17,7 @@ import pathlib
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
@@ -92,8 +93,6 @@ def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path
 
 
 def _embed_config(config, release_dir: pathlib.Path):
-    import ml_collections
-
     e = ml_collections.ConfigDict()
     e.name, e.seed, e.release = "embed", config.seed, str(release_dir)
     e.data = config.data.copy_and_resolve_references()

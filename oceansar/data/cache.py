@@ -29,7 +29,8 @@ def _scalars(record: dict) -> dict[str, np.ndarray]:
 
 def _read_chunk(source, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     records = [source[i] for i in range(start, stop)]
-    fields = {k: np.stack([_scalars(r)[k] for r in records]) for k in _scalars(records[0])}
+    scalars = [_scalars(r) for r in records]
+    fields = {k: np.stack([f[k] for f in scalars]) for k in scalars[0]}
     return np.stack([np.asarray(r["image"]) for r in records]), fields
 
 
