@@ -1,5 +1,6 @@
 """Blockwise JAX k-means against a tiny float64 numpy Lloyd reference, sharded against unsharded."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -105,3 +106,37 @@ def test_bad_inputs(data):
         km.kmeans(data, 3, init=np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="mode"):
         km.kmeans(data, 3, mode="manhattan")
+
+
+@pytest.mark.parametrize("max_tile", [4096, 7])  # one centroid tile, and 60 centroids in 9 tiles (merged top-2)
+def test_bfloat16_screening_rescores_exactly(max_tile, monkeypatch):
+    monkeypatch.setattr(km, "_MAX_TILE_K", max_tile)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1000, 32)).astype(np.float32)
+    c = x[rng.choice(1000, 60, replace=False)] + 0.1
+    full = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1)
+    a, d = km.assign(x, c, compute_dtype=jnp.bfloat16)
+    exact = full.argmin(1)
+    # Wrong only where the true nearest is not among bfloat16's best two: a near-tie of about bf16 rounding.
+    wrong = a != exact
+    assert wrong.mean() < 0.01
+    gap = full[wrong, a[wrong]] - full[wrong, exact[wrong]]
+    assert (gap < 2e-2 * full[wrong, exact[wrong]]).all()
+    # The returned distance is the float32 one of the chosen centroid, not the bfloat16 score.
+    np.testing.assert_allclose(d, full[np.arange(1000), a], rtol=1e-4, atol=1e-4)
+    fit32 = km.kmeans(x, 60, n_iters=5, init=c)
+    fit16 = km.kmeans(x, 60, n_iters=5, init=c, compute_dtype=jnp.bfloat16)
+    assert fit16.inertia == pytest.approx(fit32.inertia, rel=1e-3)
+
+
+def test_far_from_origin_data_is_centred():
+    # ||c||^2 - 2 x.c cancels catastrophically at |x| ~ 1e4 unless the data are centred first.
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((300, 8)) + 1e4).astype(np.float32)
+    c0 = x[:5].copy()
+    res = km.kmeans(x, 5, n_iters=3, init=c0)
+    ref_c, ref_a, ref_d = _numpy_lloyd(x - 1e4, c0 - 1e4, 3)
+    np.testing.assert_array_equal(res.assignment, ref_a)
+    np.testing.assert_allclose(res.centroids - 1e4, ref_c, atol=2e-3)
+    a, _ = km.assign(x, res.centroids)
+    np.testing.assert_array_equal(a, ref_a)
