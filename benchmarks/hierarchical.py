@@ -3,6 +3,7 @@ sample. Prints JSON.
 
     python benchmarks/hierarchical.py                                   # 1M x 128, k = 10000, 2000, 500, 100
     python benchmarks/hierarchical.py --n 50000 --k 1000,200,50,10      # quick
+    python benchmarks/hierarchical.py --compute_dtype bfloat16          # bfloat16 screening (AVX512-BF16, GPUs)
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import json
 import time
 
+import jax.numpy as jnp
 import numpy as np
 
 from curation import hierarchical as hk
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--init", default="kmeans||")
     parser.add_argument("--target_fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
     ks = [int(v) for v in args.k.split(",")]
 
@@ -43,7 +46,8 @@ def main() -> None:
     for level, k in enumerate(ks):  # one level at a time so each is timed on its own
         t = time.perf_counter()
         h = hk.hierarchical_kmeans(points, [k], n_resamples=args.n_resamples, n_iters=args.n_iters,
-                                   key=args.seed + level, init=args.init if level == 0 else "kmeans++")
+                                   key=args.seed + level, init=args.init if level == 0 else "kmeans++",
+                                   compute_dtype=jnp.dtype(args.compute_dtype))
         timings[level] = time.perf_counter() - t
         per_level.append(h.levels[0])
         points = h.levels[0].centroids
@@ -56,7 +60,7 @@ def main() -> None:
     kept_sizes = np.bincount(hierarchy.levels[0].assignment[kept], minlength=len(leaf_sizes))
     report = {
         "n": args.n, "d": args.d, "k": ks, "n_resamples": args.n_resamples, "n_iters": args.n_iters,
-        "init_level1": args.init, "compile_included": True,
+        "init_level1": args.init, "compute_dtype": args.compute_dtype, "compile_included": True,
         "seconds_per_level": [round(timings[i], 2) for i in range(len(ks))],
         "seconds_total_clustering": round(sum(timings.values()), 2),
         "balanced_sample": {"target": target, "seconds": round(t_sample, 3), "returned": int(kept.size),

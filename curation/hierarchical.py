@@ -153,7 +153,7 @@ def _split_level(x, parent: km.KMeansResult, s: int, n_iters: int, key, mode: st
 def hierarchical_kmeans(x, n_clusters: Sequence[int], *, n_resamples: Sequence[int] | int = 10,
                         sample_sizes: Sequence[int] | None = None, strategy: str = "closest", n_iters: int = 20,
                         n_splits: int = 1, key=0, mode: str = "l2", mesh=None,
-                        init: str = "kmeans++") -> Hierarchy:
+                        init: str = "kmeans++", compute_dtype=jnp.float32) -> Hierarchy:
     """Hierarchical k-means with resampling (Vo et al. 2024).
 
     Args:
@@ -170,6 +170,8 @@ def hierarchical_kmeans(x, n_clusters: Sequence[int], *, n_resamples: Sequence[i
         mode: "l2" or "cosine".
         mesh: Optional mesh for the data-level k-means (points sharded along N).
         init: Initialisation of each k-means ("kmeans++" or, for very large k, "kmeans||").
+        compute_dtype: Distance matmul dtype of every k-means and assignment; bfloat16 screens candidates that
+            are then re-scored in float32 (see `kmeans.kmeans`).
 
     Returns:
         Hierarchy with one Level per entry of n_clusters.
@@ -196,7 +198,8 @@ def hierarchical_kmeans(x, n_clusters: Sequence[int], *, n_resamples: Sequence[i
                              f"must be in [1, {points.shape[0]}] (number of {what})")
         lkey = jax.random.fold_in(key, l)
         lmesh = mesh if l == 0 else None
-        fit = km.kmeans(points, k, n_iters=n_iters, key=lkey, mode=mode, mesh=lmesh, init=init)
+        fit = km.kmeans(points, k, n_iters=n_iters, key=lkey, mode=mode, mesh=lmesh, init=init,
+                        compute_dtype=compute_dtype)
         if l == 0 and n_splits > 1:
             level = _split_level(points, fit, n_splits, n_iters, jax.random.fold_in(lkey, 1), mode)
         else:
@@ -206,8 +209,8 @@ def hierarchical_kmeans(x, n_clusters: Sequence[int], *, n_resamples: Sequence[i
             for step in range(resamples[l] if r > 1 else 0):
                 picked = _resample_indices(level.assignment, level.distance, int(r), strategy, rng)
                 refit = km.kmeans(points[picked], min(k, picked.size), n_iters=n_iters, mode=mode,
-                                  key=jax.random.fold_in(lkey, step + 2), init=init)
-                a, dist = km.assign(points, refit.centroids, mode=mode, mesh=lmesh)
+                                  key=jax.random.fold_in(lkey, step + 2), init=init, compute_dtype=compute_dtype)
+                a, dist = km.assign(points, refit.centroids, mode=mode, mesh=lmesh, compute_dtype=compute_dtype)
                 level = Level(refit.centroids, a, dist)
         levels.append(level)
         points = level.centroids

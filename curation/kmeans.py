@@ -405,7 +405,8 @@ def assign(x, centroids, *, mode: str = "l2", block_size: int | None = None, mes
         mode: "l2" (squared Euclidean) or "cosine" (1 - cos; inputs are normalised).
         block_size: Rows per block; default from K.
         mesh: Optional mesh; points are sharded over its first axis.
-        compute_dtype: Matmul input dtype (bf16 on GPU); accumulation is float32.
+        compute_dtype: Distance matmul input dtype; bfloat16 screens two candidates re-scored in float32 (as
+            in `kmeans`).
 
     Returns:
         (assignment int32 [n], distance float32 [n]).
@@ -441,7 +442,9 @@ def kmeans(x, k: int, *, n_iters: int = 20, key: jax.Array | int = 0, mode: str 
         init: "kmeans++" (greedy), "kmeans||" (cheap seeding for large k), "random", or a [k, d] array.
         block_size: Rows per block; default fills a ~4 MiB distance tile.
         mesh: Optional mesh; points are sharded over its first axis, partial sums reduced with one psum per iteration.
-        compute_dtype: Matmul input dtype (jnp.bfloat16 for GPU), float32 accumulation.
+        compute_dtype: Distance matmul input dtype, float32 accumulation. jnp.bfloat16 (GPUs, and CPUs with
+            AVX512-BF16) screens the two best candidates of each point, which are re-scored exactly in float32:
+            the assignment differs from float32's only in near-ties within bfloat16 rounding.
 
     Returns:
         KMeansResult with centroids, assignment, distance and inertia.
