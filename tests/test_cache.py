@@ -37,3 +37,16 @@ def test_worker_processes_fill_every_chunk_in_place():
 def test_a_pool_over_the_memory_limit_is_refused_with_the_numbers():
     with pytest.raises(ValueError, match="config.data.cache.*GiB"):
         InMemorySource(SyntheticWV(num_samples=100, image_size=16), max_bytes=1000)
+
+
+def test_read_batch_stacks_the_records():
+    raw = SyntheticWV(num_samples=40, image_size=16, seed=3)
+    cached = InMemorySource(raw)
+    indices = [7, 0, 39, 7]
+    batch = cached.read_batch(indices)
+    for key in raw[0]:
+        if np.asarray(raw[0][key]).ndim == 0 and np.asarray(raw[0][key]).dtype.kind not in "biuf":
+            continue
+        expected = np.stack([np.asarray(raw[i][key]) for i in indices])
+        np.testing.assert_array_equal(batch[key], expected)
+        assert batch[key].dtype == expected.dtype

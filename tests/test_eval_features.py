@@ -94,3 +94,31 @@ def test_extract_features_errors():
         extract_features(mean_over_pixels, Ragged(), batch_size=8)
     with pytest.raises(ValueError, match="source record 9 has scalar fields"):
         extract_features(mean_over_pixels, Ragged(), batch_size=4, indices=np.arange(8, 12))
+
+
+class ColumnarSource(FakeSource):
+    """The same records, also readable a batch at a time as columns (as the in-memory cache)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.batches_read = 0
+
+    def read_batch(self, indices):
+        self.batches_read += 1
+        return {"image": self.images[indices], "label": self.label[indices],
+                "wind_speed": self.wind_speed[indices], "hs": self.hs[indices]}
+
+    def __getitem__(self, i):
+        raise AssertionError("a columnar source is read through read_batch")
+
+
+def test_columnar_reads_give_the_record_path_result():
+    indices = np.array([20, 3, 3, 7, 0, 11, 19, 5, 2, 14, 6])
+    by_record = extract_features(mean_over_pixels, FakeSource(), batch_size=4, indices=indices)
+    columnar = ColumnarSource()
+    by_batch = extract_features(mean_over_pixels, columnar, batch_size=4, indices=indices)
+    assert columnar.batches_read == 3  # 11 rows in batches of 4, the last padded
+    assert by_batch.keys() == by_record.keys()
+    for key in by_record:
+        np.testing.assert_array_equal(by_batch[key], by_record[key])
+        assert by_batch[key].dtype == by_record[key].dtype

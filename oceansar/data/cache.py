@@ -93,6 +93,11 @@ class InMemorySource:
         record.update({k: v[index] for k, v in self.fields.items()})
         return record
 
+    def read_batch(self, indices) -> dict[str, np.ndarray]:
+        """The records at `indices` as columns: {"image": [n, ...], field: [n]} (what `__getitem__` gives, stacked)."""
+        indices = np.asarray(indices, np.int64)
+        return {"image": self.images[indices], **{k: v[indices] for k, v in self.fields.items()}}
+
     def __getattr__(self, name: str):
         if name.startswith("_"):  # unpickling looks up dunders before _source exists
             raise AttributeError(name)

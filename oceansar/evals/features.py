@@ -2,8 +2,9 @@
 
 Here lives `extract_features`, which turns any source (an object with `__len__` and `__getitem__`
 returning dicts with an "image" and scalar fields such as "label", "wind_speed", "hs", "sample_id") into
-a features matrix plus those fields, ready for `probes.evaluate_features`. Host reads run on a small
-thread pool one batch ahead of the device, the device computes one batch while the previous one's
+a features matrix plus those fields, ready for `probes.evaluate_features`. A source that holds its records
+in arrays (`read_batch(indices)`, as the in-memory cache) is read a whole batch at a time; any other is
+read record by record on a small thread pool. Either way reads run one batch ahead of the device, the device computes one batch while the previous one's
 features travel back, and every batch has the same shape (the last is padded, its padding dropped), so
 `embed_fn` compiles once. Building `embed_fn` (which model, which tokens) is the caller's business.
 """
@@ -32,8 +33,24 @@ def _scalar_fields(record: dict, index: int) -> dict:
     return fields
 
 
-def _read_records(source, indices: np.ndarray, pool: concurrent.futures.ThreadPoolExecutor):
-    return [pool.submit(source.__getitem__, int(i)) for i in indices]
+def _read_batch(source, indices: np.ndarray, pool: concurrent.futures.ThreadPoolExecutor):
+    """Starts reading one batch; returns a function that waits for it and gives (images, {field: [n]})."""
+    if hasattr(source, "read_batch"):  # columnar source: one fancy index instead of a record per row
+        future = pool.submit(source.read_batch, indices)
+
+        def columns(batch_size: int, field_names):
+            batch = dict(future.result())
+            images = np.asarray(batch.pop("image"))
+            fields = {k: np.asarray(v) for k, v in batch.items()
+                      if np.asarray(v).ndim == 1 and np.asarray(v).dtype.kind in "biuf"}
+            if field_names is not None and sorted(fields) != list(field_names):
+                raise ValueError(f"source batch from record {int(indices[0])} has scalar fields {sorted(fields)} "
+                                 f"but earlier batches have {list(field_names)}")
+            pad = np.repeat(images[-1:], batch_size - len(images), axis=0)  # see _assemble on padding
+            return np.concatenate([images, pad]), fields
+        return columns
+    futures = [pool.submit(source.__getitem__, int(i)) for i in indices]
+    return lambda batch_size, field_names: _assemble(futures, indices, batch_size, field_names)
 
 
 def _assemble(futures, indices: np.ndarray, batch_size: int, field_names: Sequence[str] | None):
@@ -74,7 +91,8 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array], source, *, batc
 
     Args:
       embed_fn: jitted function images [B, H, W, C] (the source's dtype) -> features [B, D].
-      source: random-access source; `source[i]` is a dict with "image" and scalar fields.
+      source: random-access source; `source[i]` is a dict with "image" and scalar fields. If it also has
+        `read_batch(indices) -> {"image": [n, ...], field: [n]}`, whole batches are read through it.
       batch_size: images per embed_fn call; every call has this batch size (the last batch is padded).
       indices: source indices to embed, in output order; all of them when None.
       mesh: when given, each batch is sharded over its "data" axis (batch_size must divide evenly).
@@ -117,12 +135,12 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array], source, *, batc
     in_flight = None  # (device features, number of real rows) of the previous batch
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool, \
             tqdm.tqdm(total=indices.size, desc=desc, unit="img", disable=not progress) as bar:
-        pending = _read_records(source, batches[0], pool)
+        pending = _read_batch(source, batches[0], pool)
         for b, batch_indices in enumerate(batches):
-            images, batch_fields = _assemble(pending, batch_indices, batch_size, field_names)
+            images, batch_fields = pending(batch_size, field_names)
             field_names = sorted(batch_fields)
             if b + 1 < len(batches):
-                pending = _read_records(source, batches[b + 1], pool)
+                pending = _read_batch(source, batches[b + 1], pool)
             images = jax.device_put(images, sharding) if sharding is not None else images
             output = embed_fn(images)
             if not isinstance(output, jax.Array):
