@@ -5,7 +5,10 @@ and stack them into the same batches, so the only difference is Grain and its wo
 The default source is the embedded WV simulator at 256 px (OceanSAR-1's input size), whose
 per-record rendering is the heavy host work that workers parallelise; `--folder` times an image
 folder instead. Pipeline rates include worker start-up (about 1-3 s: each spawned worker imports
-Grain); `steady_samples_per_s` leaves out the first batch. The machine may be shared, so every
+Grain); `steady_samples_per_s` leaves out the first batch. Like the training loop, a pipeline run takes
+the epoch's known number of batches and closes the iterator afterwards, outside the timed span (the loop
+closes it in the background while the next epoch starts): Grain's end-of-stream signal and the join of
+its workers take most of a second that no step waits for. The machine may be shared, so every
 configuration runs `--repeats` times, interleaved, and the best run is reported with the median.
 `cpu_ms_per_sample` (this process plus its reaped workers) separates the loader's own cost from
 contention: on a saturated machine no loader can beat the plain loop, but equal CPU per sample
@@ -27,7 +30,7 @@ import time
 
 import numpy as np
 
-from oceansar.data.pipeline import epoch_dataset, epoch_order
+from oceansar.data.pipeline import epoch_dataset, epoch_order, steps_per_epoch
 from oceansar.data.selection import Selection
 
 
@@ -68,8 +71,8 @@ def _pipeline(source, selection, args, workers: int) -> dict:
                        worker_count=workers, worker_buffer_size=args.worker_buffer_size)
     it = iter(ds)
     samples, first = 0, None
-    for batch in it:
-        samples += batch["image"].shape[0]
+    for _ in range(steps_per_epoch(len(selection), args.batch_size)):
+        samples += next(it)["image"].shape[0]
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
@@ -85,7 +88,7 @@ def _pipeline(source, selection, args, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_samples", type=int, default=2048)
+    parser.add_argument("--num_samples", type=int, default=8192)
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workers", default="0,1,2", help="worker counts to time")

@@ -3,7 +3,9 @@
 The loop is an explicit epoch loop. At each epoch boundary the pruning policy produces the epoch's
 Selection and the Grain pipeline serves it; each step dispatches the jitted train step without
 waiting for it (the host reads the next batch while the device computes), and metrics are fetched
-only on log steps. Resume order: the workdir's own checkpoint, then `config.resume`, then scratch.
+only on log steps. An epoch ends when its known number of batches has been served, without waiting
+for the iterator to report its end, and the finished iterator is closed off the training thread
+(joining Grain's worker processes takes most of a second). Resume order: the workdir's own checkpoint, then `config.resume`, then scratch.
 A non-finite loss stops the run with an error and the last good checkpoint stays untouched.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import pathlib
 import signal
+import threading
 import time
 from typing import Any
 
@@ -167,6 +170,14 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
             worker_count=config.data.worker_count)
         return iter(ds)
 
+    def epoch_steps(selection: Selection) -> int:
+        return pipeline.steps_per_epoch(len(selection), local_batch, jax.process_count())
+
+    def retire(iterator) -> None:
+        """Closes a finished epoch's iterator in the background, overlapping the next epoch."""
+        if hasattr(iterator, "close"):
+            threading.Thread(target=iterator.close, name="retire-epoch-iterator", daemon=True).start()
+
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=config.keep_checkpoints)
     restore_from = ckpt if ckpt.latest_step() is not None else None
     if restore_from is None and config.resume:
@@ -180,6 +191,8 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
         epoch = meta["epoch"]
         resamplings = meta.get("resamplings", 0)
         last_resampled = meta.get("last_resampling_epoch")
+        # Checkpoints written before epoch_start_step existed: read the epoch until its iterator ends.
+        epoch_start = meta.get("epoch_start_step", start)
         subset, selection = _from_pruning_arrays(pruning_arrays)
         data_iter = epoch_iterator(selection, epoch)
         state = restore_from.restore_state(start, abstract_state=abstract_like(state),
@@ -191,7 +204,7 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
             resampling_log.truncate_after(epoch if restore_from is ckpt else -1)
         logging.warning("resumed from step %d (epoch %d) of %s", start, epoch, restore_from.directory)
     else:
-        start, epoch, resamplings, last_resampled = 0, 0, 0, None
+        start, epoch, epoch_start, resamplings, last_resampled = 0, 0, 0, 0, None
         resampling_log.truncate_after(-1)
         subset, selection = select(epoch, 0, None)
         data_iter = epoch_iterator(selection, epoch)
@@ -216,7 +229,8 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
                 f"{ckpt.latest_step()} in {ckpt.directory})")
         ckpt.save(step, state=state, data_iterator=data_iter,
                   pruning=_pruning_arrays(subset, selection),
-                  meta={"epoch": epoch, "examples_seen": step * config.batch_size,
+                  meta={"epoch": epoch, "epoch_start_step": epoch_start,
+                        "examples_seen": step * config.batch_size,
                         "resamplings": resamplings, "last_resampling_epoch": last_resampled})
 
     eval_every = (config.eval.every_examples // config.batch_size) if config.eval.every_examples else 0
@@ -229,13 +243,14 @@ def run(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = None)
     t_start = time.perf_counter()
     end_step = budget.total_steps if stop_at_step is None else min(stop_at_step, budget.total_steps)
     try:
+        served = epoch_steps(selection)
         while step < end_step:
-            try:
-                batch = next(data_iter)
-            except StopIteration:
-                epoch += 1
+            batch = next(data_iter, None) if step - epoch_start < served else None
+            if batch is None:  # the epoch's batches are all served (or its iterator ended)
+                retire(data_iter)
+                epoch, epoch_start = epoch + 1, step
                 subset, selection = select(epoch, step * config.batch_size, subset)
-                data_iter = epoch_iterator(selection, epoch)
+                data_iter, served = epoch_iterator(selection, epoch), epoch_steps(selection)
                 selection_info = describe(selection, resamplings)
                 continue
             device_batch = sharding.shard_batch(
