@@ -1,7 +1,10 @@
 """Benchmark: oceansar's blockwise JAX k-means against scikit-learn and faiss-cpu, same data, same start.
 
 oceansar runs twice: with float32 matmuls, and with bfloat16 screening (the two best bfloat16 candidates of each point
-re-scored exactly in float32), which doubles the matmul rate on CPUs with AVX512-BF16 and on GPUs. Every method starts from the same initial centroids C0, runs the same fixed number of Lloyd iterations with no
+re-scored exactly in float32), which doubles the matmul rate on CPUs with AVX512-BF16 and on GPUs. oceansar and
+scikit-learn return centroids and each point's cluster (n_iters assignment passes plus a final one); faiss's train()
+returns centroids only (n_iters passes), so `faiss_with_labels` adds the index search that gives the labels. Every
+method starts from the same initial centroids C0, runs the same fixed number of Lloyd iterations with no
 subsampling and no early stop, and its final centroids are scored by one common evaluator (nearest-centroid squared
 distance, float64 sum), so the inertia difference measures numerical agreement, not seeding luck. Methods run
 interleaved in one process and the best of `--repeats` is reported (the machine is shared). Prints JSON.
@@ -47,12 +50,14 @@ def _run_sklearn(x, c0, iters):
     return model.fit(x).cluster_centers_.astype(np.float32)
 
 
-def _run_faiss(x, c0, iters):
+def _run_faiss(x, c0, iters, labels=False):
     import faiss
 
     model = faiss.Kmeans(x.shape[1], c0.shape[0], niter=iters, verbose=False, seed=0,
                          max_points_per_centroid=x.shape[0] + 1, min_points_per_centroid=1)
     model.train(x, init_centroids=c0)
+    if labels:  # train() returns centroids only; the others also return each point's cluster
+        model.index.search(x, 1)
     return np.asarray(model.centroids, np.float32)
 
 
@@ -64,9 +69,10 @@ def _case(name, n, d, k, iters, repeats, peers, block_size, seed):
     runners = {"oceansar": lambda: _run_oceansar(x, c0, iters, block_size, "float32"),
                "oceansar_bf16": lambda: _run_oceansar(x, c0, iters, block_size, "bfloat16"),
                "sklearn": lambda: _run_sklearn(x, c0, iters),
-               "faiss": lambda: _run_faiss(x, c0, iters)}
+               "faiss": lambda: _run_faiss(x, c0, iters),
+               "faiss_with_labels": lambda: _run_faiss(x, c0, iters, labels=True)}
     ours = [m for m in runners if m.startswith("oceansar")]
-    runners = {m: f for m, f in runners.items() if m in ours or m in peers}
+    runners = {m: f for m, f in runners.items() if m in ours or m.removesuffix("_with_labels") in peers}
     flop = 2.0 * n * k * d * iters
     results = {m: {"seconds": [], "peak_rss_mib": 0.0} for m in runners}
     centroids = {}

@@ -1,9 +1,11 @@
 """Blockwise k-means in JAX: greedy k-means++ / k-means|| seeding, jitted Lloyd iterations, nearest-centroid assignment.
 
-Every kernel walks the points in row blocks of static shape (and the centroids in tiles when K is large), fusing the
-``||c||^2 - 2 x.c`` matmul with the running minimum, so memory is O(block x tile) and never O(N x K). Per-block
-centroid sums are accumulated with Kahan compensation in float32; with a mesh the points are sharded along N and each
-device reduces its own blocks before a single ``psum`` per iteration. The host sees one transfer at the end of a fit.
+Every kernel walks the points in row blocks of static shape (and the centroids in tiles when K is large), reducing
+each ``||c||^2 - 2 x.c`` tile to its minimum (or, screening in bfloat16, its two best candidates, re-scored in
+float32) before the next, so memory is O(block x tile) and never O(N x K). L2 data are centred first, so the
+expanded distance does not cancel. Each Lloyd step sums the members of every centroid with one segment sum over the
+device's points; with a mesh the points are sharded along N and each device reduces its own points before a single
+``psum`` per iteration. The host sees one transfer at the end of a fit.
 This module holds numeric kernels only: hierarchy and sampling logic live in ``hierarchical.py`` and ``sampling.py``.
 """
 from __future__ import annotations
@@ -176,10 +178,14 @@ def _nearest(xb: jax.Array, c_tiles: jax.Array, c_sq_tiles: jax.Array, compute_d
             return merge(carry, tile_best(*inputs)), None
 
         rows = xb.shape[0]
-        idx0 = jnp.zeros(rows, jnp.int32)
-        worst = (idx0, jnp.full(rows, jnp.iinfo(jnp.int32).max)) if screen else (idx0, jnp.full(rows, jnp.inf))
+        none = jnp.zeros(rows, jnp.int32)
+        if screen:
+            worst = jnp.full(rows, jnp.iinfo(jnp.int32).max)
+            init = (none, worst, none, worst)
+        else:
+            init = (none, jnp.full(rows, jnp.inf))
         offsets = jnp.arange(n_tiles, dtype=jnp.int32) * tile_k
-        best, _ = lax.scan(body, worst * 2 if screen else worst, (c_q, c_sq_tiles, offsets))
+        best, _ = lax.scan(body, init, (c_q, c_sq_tiles, offsets))
     if not screen:
         return best
     i1, _, i2, _ = best
@@ -345,18 +351,20 @@ def kmeans_plusplus(x, k: int, *, key, n_local_trials: int | None = None, sample
     return np.asarray(out)
 
 
-def _kmeans_parallel(x: np.ndarray, k: int, key: jax.Array, *, rounds: int = 5, oversampling: float = 2.0,
-                     block_size=None, mesh=None) -> np.ndarray:
+def _kmeans_parallel(x: np.ndarray, k: int, key: jax.Array, nearest, *, rounds: int = 5,
+                     oversampling: float = 2.0) -> np.ndarray:
     """k-means|| seeding (Bahmani et al. 2012): a few rounds of independent D^2 oversampling over all points, then
-    greedy k-means++ on the weighted candidates. Each round is one blockwise distance pass against the new candidates
-    only; the candidate set (about oversampling * k points) is then reduced on its own, so seeding costs a few Lloyd
-    passes instead of k sequential scans of the data."""
+    greedy k-means++ on the candidates weighted by how many points each is nearest to. Each round is one blockwise
+    distance pass against that round's new candidates only (`nearest(rows)` gives every point's index into `rows`
+    and squared distance), and the owner of every point is kept across rounds, so seeding costs about
+    2 * oversampling / rounds Lloyd passes per round instead of k sequential scans of the data."""
     n = x.shape[0]
     per_round = oversampling * k / rounds
     key, sub = jax.random.split(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(sub)).ravel())
-    chosen = [int(rng.integers(n))]
-    closest = np.asarray(assign(x, x[chosen], block_size=block_size, mesh=mesh)[1], np.float64)
+    chosen = rng.integers(n, size=1)
+    owner, closest = nearest(chosen)
+    closest = closest.astype(np.float64)
     for _ in range(rounds):
         potential = closest.sum()
         if potential <= 0:
@@ -365,24 +373,24 @@ def _kmeans_parallel(x: np.ndarray, k: int, key: jax.Array, *, rounds: int = 5, 
         new = np.flatnonzero(rng.random(n) < prob)
         if new.size == 0:
             continue
-        chosen.extend(new.tolist())
-        closest = np.minimum(closest, assign(x, x[new], block_size=block_size, mesh=mesh)[1])
-    cands = x[np.unique(chosen)]
-    if cands.shape[0] <= k:  # too few distinct candidates: top up uniformly from the rest
-        rest = np.setdiff1d(np.arange(n), np.unique(chosen))
-        extra = rng.choice(rest, size=k - cands.shape[0], replace=False)
-        return np.concatenate([cands, x[extra]], axis=0)
-    owner, _ = assign(x, cands, block_size=block_size, mesh=mesh)
-    weights = np.bincount(owner, minlength=cands.shape[0]).astype(np.float32)
-    return kmeans_plusplus(cands, k, key=key, sample_weight=weights)
+        idx, dist = nearest(new)
+        closer = dist < closest  # strict: an earlier candidate keeps its ties
+        owner[closer] = chosen.size + idx[closer]
+        closest = np.minimum(closest, dist)
+        chosen = np.concatenate([chosen, new])
+    if chosen.size <= k:  # too few candidates: top up uniformly from the rest
+        rest = np.setdiff1d(np.arange(n), chosen)
+        return np.concatenate([x[chosen], x[rng.choice(rest, size=k - chosen.size, replace=False)]], axis=0)
+    weights = np.bincount(owner, minlength=chosen.size).astype(np.float32)
+    return kmeans_plusplus(x[chosen], k, key=key, sample_weight=weights)
 
 
-def _initial_centroids(x, k, init, key, block_size, mesh):
+def _initial_centroids(x, k, init, key, nearest):
     if isinstance(init, str):
         if init == "kmeans++":
             return kmeans_plusplus(x, k, key=key)
         if init == "kmeans||":
-            return _kmeans_parallel(x, k, key, block_size=block_size, mesh=mesh)
+            return _kmeans_parallel(x, k, key, nearest)
         if init == "random":
             return x[np.asarray(jax.random.choice(key, x.shape[0], (k,), replace=False))]
         raise ValueError(f"init must be 'kmeans++', 'kmeans||', 'random' or a [k, d] array, got {init!r}")
@@ -458,15 +466,26 @@ def kmeans(x, k: int, *, n_iters: int = 20, key: jax.Array | int = 0, mode: str 
         raise ValueError(f"n_iters must be >= 0, got {n_iters}")
     key = _key(key)
     xn = _normalize_np(x) if mode == "cosine" else x
-    c0 = _initial_centroids(xn, k, init, key, block_size, mesh)
-    if mode == "cosine":
-        c0 = _normalize_np(c0)
     # Lloyd runs on centred data in L2 mode (as scikit-learn): the expanded distance loses no precision to a
     # large common offset. Spherical k-means needs its unit-norm points as they are.
     shift = x.mean(axis=0, dtype=np.float64).astype(np.float32) if mode == "l2" else np.zeros(x.shape[1], np.float32)
     _, tile_k, (xblocks, xsq, valid) = _prepare(xn, k, "l2", block_size, mesh, shift)
+
+    def nearest(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every point's nearest among the points `rows` (k-means|| rounds), on the blocks the fit uses. Candidate
+        counts are data-dependent: padding them to a power of two with copies of the first row (which wins its
+        ties, being first) lets every round reuse a few compiled shapes."""
+        padded = np.concatenate([rows, np.repeat(rows[:1], (1 << (rows.size - 1).bit_length()) - rows.size)])
+        run = _assign_fn(mesh, min(padded.size, _MAX_TILE_K), "l2", compute_dtype)
+        idx, dist = run(xblocks, xsq, jnp.asarray(xn[padded] - shift))
+        idx = np.asarray(idx).reshape(-1)[:n]
+        return np.where(idx < rows.size, idx, 0), np.asarray(dist).reshape(-1)[:n]
+
+    c0 = _initial_centroids(xn, k, init, key, nearest)
+    if mode == "cosine":
+        c0 = _normalize_np(c0)
     fit = _lloyd_fn(mesh, int(n_iters), tile_k, mode, compute_dtype)
     c, idx, dist = fit(xblocks, xsq, valid, jnp.asarray(c0 - shift, jnp.float32))
     distance = np.asarray(dist).reshape(-1)[:n]
-    return KMeansResult(centroids=np.asarray(c) + shift, assignment=np.asarray(idx).reshape(-1)[:n], distance=distance,
-                        inertia=float(distance.sum(dtype=np.float64)))
+    return KMeansResult(centroids=np.asarray(c) + shift, assignment=np.asarray(idx).reshape(-1)[:n],
+                        distance=distance, inertia=float(distance.sum(dtype=np.float64)))

@@ -140,3 +140,17 @@ def test_far_from_origin_data_is_centred():
     np.testing.assert_allclose(res.centroids - 1e4, ref_c, atol=2e-3)
     a, _ = km.assign(x, res.centroids)
     np.testing.assert_array_equal(a, ref_a)
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "kmeans||"])
+def test_seeding_finds_separated_blobs(init):
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((12, 16)).astype(np.float32) * 20
+    owner = rng.integers(0, 12, 3000)
+    x = centers[owner] + rng.standard_normal((3000, 16)).astype(np.float32)
+    res = km.kmeans(x, 12, n_iters=3, init=init, key=1)
+    # One centroid per blob: every blob's points share one cluster, and the inertia is the noise's.
+    for b in range(12):
+        assert len(np.unique(res.assignment[owner == b])) == 1
+    noise = ((x - centers[owner]) ** 2).sum()
+    assert res.inertia == pytest.approx(noise, rel=0.02)

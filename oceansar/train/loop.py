@@ -5,8 +5,9 @@ Selection and the Grain pipeline serves it; each step dispatches the jitted trai
 waiting for it (the host reads the next batch while the device computes), and metrics are fetched
 only on log steps. An epoch ends when its known number of batches has been served, without waiting
 for the iterator to report its end, and the finished iterator is closed off the training thread
-(joining Grain's worker processes takes most of a second). Resume order: the workdir's own checkpoint, then `config.resume`, then scratch.
-A non-finite loss stops the run with an error and the last good checkpoint stays untouched.
+(joining Grain's worker processes takes most of a second). Resume order: the workdir's own
+checkpoint, then `config.resume`, then scratch. A non-finite loss stops the run with an error and
+the last good checkpoint stays untouched.
 """
 from __future__ import annotations
 
