@@ -144,13 +144,16 @@ def _hkmeans(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.n
                              f"(it clusters the centroids of level {level - 1})")
     if h.strategy not in sampling.STRATEGIES:
         raise ValueError(f"config.hkmeans.strategy={h.strategy!r}; known: {sampling.STRATEGIES}")
+    if h.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.hkmeans.compute_dtype={h.compute_dtype!r}; known: ('float32', 'bfloat16')")
     target = _target(config, pool.n, multiplier=h.multiplier)
     x = np.asarray(pool.x, np.float32)
 
     start = time.perf_counter()
     hier = hierarchical.hierarchical_kmeans(
         x, ks, n_resamples=tuple(h.n_resamples), sample_sizes=tuple(h.sample_sizes) or None,
-        strategy=h.resample_strategy, n_iters=h.n_iters, n_splits=h.n_splits, key=config.seed, mode=h.mode, mesh=mesh)
+        strategy=h.resample_strategy, n_iters=h.n_iters, n_splits=h.n_splits, key=config.seed, mode=h.mode, mesh=mesh,
+        compute_dtype=jnp.dtype(h.compute_dtype))
     timings["hierarchical_kmeans"] = time.perf_counter() - start
     start = time.perf_counter()
     kept = np.sort(sampling.balanced_sample(hier, target, key=config.seed, strategy=h.strategy, eta=h.eta,
