@@ -6,7 +6,8 @@ a features matrix plus those fields, ready for `probes.evaluate_features`. A sou
 in arrays (`read_batch(indices)`, as the in-memory cache) is read a whole batch at a time; any other is
 read record by record on a small thread pool. Either way reads run one batch ahead of the device, the
 device computes one batch while the previous one's features travel back, and every batch has the same
-shape (the last is padded, its padding dropped), so `embed_fn` compiles once. Building `embed_fn` (which model, which tokens) is the caller's business.
+shape (the last is padded, its padding dropped), so `embed_fn` compiles once. Building `embed_fn`
+(which model, which tokens) is the caller's business.
 """
 from __future__ import annotations
 
