@@ -72,11 +72,12 @@ def test_assign_matches_bruteforce(data):
     np.testing.assert_allclose(d, full.min(1), rtol=1e-4, atol=1e-4)
 
 
-def test_sharded_equals_unsharded(data):
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_sharded_equals_unsharded(data, dtype):
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     c0 = data[:11].copy()
-    single = km.kmeans(data, 11, n_iters=3, init=c0, block_size=10)
-    sharded = km.kmeans(data, 11, n_iters=3, init=c0, block_size=10, mesh=mesh)
+    single = km.kmeans(data, 11, n_iters=3, init=c0, block_size=10, compute_dtype=dtype)
+    sharded = km.kmeans(data, 11, n_iters=3, init=c0, block_size=10, mesh=mesh, compute_dtype=dtype)
     np.testing.assert_array_equal(sharded.assignment, single.assignment)
     np.testing.assert_allclose(sharded.centroids, single.centroids, atol=1e-6)
     assert sharded.inertia == pytest.approx(single.inertia, rel=1e-6)
