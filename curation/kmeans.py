@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,9 @@ _MODES = ("l2", "cosine")
 _TILE_ELEMENTS = 1 << 20
 _MAX_TILE_K = 4096
 _TILE_ALIGN = 64
+# Lloyd fits with at least this many centroids and n_iters * n * k * d multiply-adds skip unchanged work.
+_SKIP_MIN_K = 256
+_SKIP_MIN_WORK = 1 << 36
 # Row counts are rounded up to these multiples so that fits on slightly different n share one compilation.
 _SEED_BUCKET = 1024
 _BLOCK_BUCKET = 4
@@ -117,8 +121,8 @@ def _blocks(x: np.ndarray, block: int, n_shards: int, shift: np.ndarray | None =
 
 
 def _place(mesh, *arrays):
-    if mesh is None:
-        return tuple(jnp.asarray(a) for a in arrays)
+    if mesh is None:  # device_put copies once; jnp.asarray measured ~1.7x slower on a 200 MB array
+        return tuple(jax.device_put(a) for a in arrays)
     sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
     return tuple(jax.device_put(a, sharding) for a in arrays)
 
@@ -126,114 +130,149 @@ def _place(mesh, *arrays):
 # ------------------------------------------------------------------------------------------------------ kernels
 
 
-def _nearest(xb: jax.Array, c_tiles: jax.Array, c_sq_tiles: jax.Array, compute_dtype) -> tuple[jax.Array, jax.Array]:
-    """Nearest centroid for one row block: (index int32 [B], min over k of ||c_k||^2 - 2 x.c_k [B]).
+def _nearest(xb: jax.Array, tiles: "_Tiles", *, second: bool = False, n_active=None):
+    """Nearest centroid for one row block, scores being ``||c||^2 - 2 x.c`` (squared distance minus ``||x||^2``).
 
-    In float32 the scan over centroid tiles keeps the running minimum; ties resolve to the lowest index, as argmin.
-    The argmin is written as min + equality + min-index because XLA:CPU vectorises plain min reductions but not the
-    variadic argmin reduction (measured ~1.7x faster end to end).
+    Returns (index int32 [B], score [B]) and, with `second`, also a lower bound [B] on the score of every other
+    centroid. `n_active` (a traced count) limits the scan to the first tiles, the rest being padding.
 
-    With a narrower `compute_dtype` (bfloat16) the matmul only screens: its two best candidates are re-scored
-    exactly in float32, so the assignment is the float32 one except where the true nearest centroid is not among the
-    two best low-precision scores, a near-tie within bfloat16 rounding whose effect on the inertia is of that size.
-    Each score is packed with its column into one order-preserving int32 key (the score's low bits give way to the
-    index), so a single min reduction yields both the minimum and its argmin and the top two take two passes.
+    Plain float32 keeps the running minimum per tile; ties resolve to the lowest index, as argmin. The argmin is
+    written as min + equality + min-index because XLA:CPU vectorises plain min reductions but not the variadic
+    argmin reduction (measured ~1.7x faster end to end).
+
+    With a narrower `compute_dtype` (bfloat16), or when the second best is wanted, the matmul only screens: its two
+    best candidates are re-scored exactly in float32. The assignment is then the exact one except where the true
+    nearest centroid is not among them, a near-tie within screening error. Each score is packed with its column
+    into one order-preserving int32 key (the score's low bits give way to the index), so a single min reduction
+    yields both the minimum and its argmin. The bound is the exact runner-up or, for the columns not re-scored, the
+    screened score of the last candidate (the third with bfloat16, whose error is larger) minus a screening error.
     """
-    n_tiles, tile_k, _ = c_tiles.shape
-    screen = jnp.dtype(compute_dtype) != jnp.float32
-    xq = xb.astype(compute_dtype)
-    c_q = c_tiles.astype(compute_dtype)
+    c_tiles, c_sq_tiles, c_q = tiles.c, tiles.c_sq, tiles.c_q
+    n_tiles, tile_k, d = c_tiles.shape
+    in_dtype = c_q.dtype
+    n_cand = 3 if second and in_dtype != jnp.float32 else 2
+    screen = second or in_dtype != jnp.float32
+    xq = xb.astype(in_dtype)
     ids = jnp.arange(tile_k, dtype=jnp.int32)[:, None]
     index_bits = max(1, (tile_k - 1).bit_length())
     low = (1 << index_bits) - 1
+    worst = jnp.iinfo(jnp.int32).max
 
     def scores(c_t, c_sq_t):  # [tile_k, B]: reducing over the major axis vectorises across rows (~1.3x on CPU)
-        dots = lax.dot_general(c_t, xq, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-        return c_sq_t[:, None] - 2.0 * dots
+        return c_sq_t[:, None] + lax.dot_general(c_t, xq, (((1,), (1,)), ((), ())),
+                                                 preferred_element_type=jnp.float32)
 
     def exact_best(c_t, c_sq_t, offset):
         s = scores(c_t, c_sq_t)
         m = jnp.min(s, axis=0)
         return jnp.min(jnp.where(s == m[None, :], ids, tile_k), axis=0) + offset, m
 
-    def screened_best2(c_t, c_sq_t, offset):  # (key1, key2) with the global column in the low bits
+    def screened(c_t, c_sq_t, offset):  # n_cand (global column, truncated key) pairs, best first
         b = lax.bitcast_convert_type(scores(c_t, c_sq_t), jnp.int32)
         key = (jnp.where(b < 0, b ^ 0x7FFFFFFF, b) & ~low) | ids
-        k1 = jnp.min(key, axis=0)
-        k2 = jnp.min(jnp.where(key == k1[None, :], jnp.iinfo(jnp.int32).max, key), axis=0)
-        return (k1 & low) + offset, k1 & ~low, (k2 & low) + offset, k2 & ~low
+        out = [jnp.min(key, axis=0)]
+        for _ in range(n_cand - 1):  # keys are unique within a tile: "greater than the last" skips those taken
+            out.append(jnp.min(jnp.where(key > out[-1][None, :], key, worst), axis=0))
+        return tuple(x for k in out for x in ((k & low) + offset, k & ~low))
 
-    tile_best = screened_best2 if screen else exact_best
-    if n_tiles == 1:
+    def before(p, q):  # candidate order: truncated score, then column (so an earlier tile wins ties)
+        return (p[1] < q[1]) | ((p[1] == q[1]) & (p[0] < q[0]))
+
+    def exchange(p, q):
+        swap = before(q, p)
+        return (tuple(jnp.where(swap, v, u) for u, v in zip(p, q)),
+                tuple(jnp.where(swap, u, v) for u, v in zip(p, q)))
+
+    def merge(a, b):  # best candidates of two sets
+        if not screen:
+            better = b[1] < a[1]
+            return jnp.where(better, b[0], a[0]), jnp.where(better, b[1], a[1])
+        pa = [a[2 * i:2 * i + 2] for i in range(n_cand)]
+        pb = [b[2 * i:2 * i + 2] for i in range(n_cand)]
+        # Both lists sorted: a against b reversed keeps the n_cand best (a bitonic half), then sort those.
+        half = [exchange(p, q)[0] for p, q in zip(pa, pb[::-1])]
+        for i, j in ((0, 1), (1, 2), (0, 1))[:1 if n_cand == 2 else 3]:
+            half[i], half[j] = exchange(half[i], half[j])
+        return tuple(x for p in half for x in p)
+
+    tile_best = screened if screen else exact_best
+    rows = xb.shape[0]
+    if screen:
+        init = (jnp.zeros(rows, jnp.int32), jnp.full(rows, worst)) * n_cand
+    else:
+        init = (jnp.zeros(rows, jnp.int32), jnp.full(rows, jnp.inf))
+    if n_active is not None:
+        best = lax.fori_loop(0, n_active, lambda t, carry: merge(
+            carry, tile_best(c_q[t], c_sq_tiles[t], t * tile_k)), init)
+    elif n_tiles == 1:
         best = tile_best(c_q[0], c_sq_tiles[0], 0)
     else:
-        def merge(a, b):  # best (and second best) of two candidate sets; `a` (the earlier tiles) wins ties
-            if not screen:
-                better = b[1] < a[1]
-                return jnp.where(better, b[0], a[0]), jnp.where(better, b[1], a[1])
-            ai1, am1, ai2, am2 = a
-            bi1, bm1, bi2, bm2 = b
-            b_first = bm1 < am1
-            # the second best is the loser of the two firsts or the winner's own second
-            li, lm = jnp.where(b_first, ai1, bi1), jnp.where(b_first, am1, bm1)
-            wi, wm = jnp.where(b_first, bi2, ai2), jnp.where(b_first, bm2, am2)
-            loser = lm < wm
-            return (jnp.where(b_first, bi1, ai1), jnp.where(b_first, bm1, am1),
-                    jnp.where(loser, li, wi), jnp.where(loser, lm, wm))
-
-        def body(carry, inputs):
-            return merge(carry, tile_best(*inputs)), None
-
-        rows = xb.shape[0]
-        none = jnp.zeros(rows, jnp.int32)
-        if screen:
-            worst = jnp.full(rows, jnp.iinfo(jnp.int32).max)
-            init = (none, worst, none, worst)
-        else:
-            init = (none, jnp.full(rows, jnp.inf))
         offsets = jnp.arange(n_tiles, dtype=jnp.int32) * tile_k
-        best, _ = lax.scan(body, init, (c_q, c_sq_tiles, offsets))
+        best, _ = lax.scan(lambda carry, inputs: (merge(carry, tile_best(*inputs)), None), init,
+                           (c_q, c_sq_tiles, offsets))
     if not screen:
         return best
-    i1, _, i2, _ = best
-    c_flat, c_sq_flat = c_tiles.reshape(-1, c_tiles.shape[-1]), c_sq_tiles.reshape(-1)
+    c_flat, c_sq_flat = c_tiles.reshape(-1, d), c_sq_tiles.reshape(-1)
+    (i1, _, i2, _), last_key = best[:4], best[-1]
     e1, e2 = (c_sq_flat[i] - 2.0 * jnp.sum(xb * c_flat[i], axis=1) for i in (i1, i2))
-    second = (e2 < e1) | ((e2 == e1) & (i2 < i1))
-    return jnp.where(second, i2, i1), jnp.where(second, e2, e1)
+    runner_up = (e2 < e1) | ((e2 == e1) & (i2 < i1))
+    idx, score = jnp.where(runner_up, i2, i1), jnp.where(runner_up, e2, e1)
+    if not second:
+        return idx, score
+    # Every column outside the two re-scored ones has a key above the last candidate's, so its screened score is at
+    # least that key's truncated score (decoded below, rounded down), and its exact score at most one screening
+    # error lower. Screened and exact scores differ by twice the dot product's error: from rounding the inputs,
+    # |x.c - xq.cq| <= |x - xq| |c| + |xq| |c - cq| (Cauchy-Schwarz), and from two float32 sums of d terms, each
+    # within d 2^-24 |x| |c|.
+    t = last_key & ~low
+    decoded = lax.bitcast_convert_type(jnp.where(t < 0, t ^ 0x7FFFFFFF, t), jnp.float32)
+    decoded = jnp.where(t >= 0x7F800000, jnp.inf, decoded)  # +inf (padding) and the empty key
+    x_norm = jnp.sqrt(jnp.sum(xb * xb, axis=1))
+    x_err = jnp.sqrt(jnp.sum(jnp.square(xb - xq.astype(jnp.float32)), axis=1))
+    c_norm, c_err = tiles.c_norm, tiles.c_err
+    dot_err = x_err * c_norm + x_norm * c_err + 2.0 * d * 2.0 ** -24 * (x_norm + x_err) * (c_norm + c_err)
+    return idx, score, jnp.minimum(jnp.where(runner_up, e1, e2), decoded - 2.0 * dot_err)
 
 
-def _tile_centroids(c: jax.Array, tile_k: int) -> tuple[jax.Array, jax.Array]:
-    """Pads centroids to a multiple of tile_k (padding never wins: +inf norm) and reshapes to tiles."""
+class _Tiles(NamedTuple):
+    """Centroids cut into tiles for `_nearest`, with what every row block would otherwise recompute."""
+
+    c: jax.Array  # [n_tiles, tile_k, d] float32, zero padded
+    c_sq: jax.Array  # [n_tiles, tile_k] squared norms, +inf on padding (which never wins)
+    c_q: jax.Array  # -2 c in the compute dtype (scaling by -2 is exact and saves a multiply per score)
+    c_norm: jax.Array  # largest centroid norm
+    c_err: jax.Array  # largest |c - c_q|
+
+
+def _tile_centroids(c: jax.Array, tile_k: int, compute_dtype, n_valid=None) -> _Tiles:
+    """Pads centroids to a multiple of tile_k and reshapes them to tiles; rows from `n_valid` on count as padding."""
     k, d = c.shape
     n_tiles = -(-k // tile_k)
-    c_sq = jnp.sum(c * c, axis=1)
     pad = n_tiles * tile_k - k
     c = jnp.pad(c, ((0, pad), (0, 0)))
-    c_sq = jnp.pad(c_sq, (0, pad), constant_values=jnp.inf)
-    return c.reshape(n_tiles, tile_k, d), c_sq.reshape(n_tiles, tile_k)
-
-
-def _block_stats(xblocks, valid, c, *, tile_k, compute_dtype):
-    """Local (per device) Lloyd statistics: member sums [k, d] and counts [k]."""
-    k, d = c.shape
-    c_tiles, c_sq_tiles = _tile_centroids(c, tile_k)
-    idx, _ = lax.map(lambda xb: _nearest(xb, c_tiles, c_sq_tiles, compute_dtype), xblocks)
-    seg = jnp.where(valid, idx, k).reshape(-1)  # padding rows go to an out-of-range segment and are dropped
-    sums = jax.ops.segment_sum(xblocks.reshape(-1, d), seg, num_segments=k)
-    counts = jax.ops.segment_sum(valid.reshape(-1).astype(jnp.int32), seg, num_segments=k)
-    return sums, counts
+    live = jnp.arange(n_tiles * tile_k) < (k if n_valid is None else n_valid)
+    c_sq = jnp.where(live, jnp.sum(c * c, axis=1), jnp.inf)
+    c_q = (-2.0 * c).astype(compute_dtype)
+    c_err = 0.5 * jnp.sqrt(jnp.max(jnp.sum(jnp.square(2.0 * c + c_q.astype(jnp.float32)), axis=1)))
+    c_norm = jnp.sqrt(jnp.max(jnp.where(live, c_sq, 0.0)))
+    return _Tiles(c.reshape(n_tiles, tile_k, d), c_sq.reshape(n_tiles, tile_k), c_q.reshape(n_tiles, tile_k, d),
+                  c_norm, c_err)
 
 
 def _block_assign(xblocks, xsq, c, *, tile_k, compute_dtype, cosine):
-    c_tiles, c_sq_tiles = _tile_centroids(c, tile_k)
+    tiles = _tile_centroids(c, tile_k, compute_dtype)
 
     def body(inputs):
         xb, xs = inputs
-        idx, m = _nearest(xb, c_tiles, c_sq_tiles, compute_dtype)
-        dist = jnp.maximum(xs + m, 0.0)
-        return idx, (0.5 * dist if cosine else dist)
+        idx, m = _nearest(xb, tiles)
+        return idx, _distance(xs, m, cosine)
 
     return lax.map(body, (xblocks, xsq))
+
+
+def _distance(xs, score, cosine):
+    dist = jnp.maximum(xs + score, 0.0)
+    return 0.5 * dist if cosine else dist
 
 
 def _update(c, sums, counts, cosine):
@@ -242,28 +281,155 @@ def _update(c, sums, counts, cosine):
     return _normalize(new) if cosine else new
 
 
+def _moved_tiling(tile_k: int, block: int, n_blocks: int) -> tuple[int, int]:
+    """(centroid tile, row-block grouping) for the pass over moved centroids: tiles of an eighth of K (so that few
+    moved centroids cost little) over row blocks grouped up to 4 at a time (to keep the tile near _TILE_ELEMENTS)."""
+    moved_tile = min(tile_k, max(_TILE_ALIGN, tile_k // 8 // _TILE_ALIGN * _TILE_ALIGN))
+    group = 1
+    while group < 4 and n_blocks % (2 * group) == 0 and 2 * group * block * moved_tile <= _TILE_ELEMENTS:
+        group *= 2
+    return moved_tile, group
+
+
+def _full_pass(xblocks, c, *, tile_k, compute_dtype):
+    """Every point against every centroid: flat (assignment, exact score, bound on the other scores)."""
+    tiles = _tile_centroids(c, tile_k, compute_dtype)
+    out = lax.map(lambda xb: _nearest(xb, tiles, second=True), xblocks)
+    return tuple(o.reshape(-1) for o in out)
+
+
+def _over_rows(mask, block: int, fn, init):
+    """Runs fn(rows, carry) over the indices where `mask` holds, compacted into full blocks of `block` rows (the
+    last one padded with an out-of-range index, which gathers fill and scatters drop)."""
+    n = mask.shape[0]
+    rows = jnp.nonzero(mask, size=n, fill_value=n)[0].astype(jnp.int32)
+    count = jnp.sum(mask)
+    return lax.fori_loop(0, (count + block - 1) // block,
+                         lambda i, carry: fn(lax.dynamic_slice_in_dim(rows, i * block, block), carry), init)
+
+
+def _rescore(xblocks, c, redo, state, *, tile_k, compute_dtype):
+    """The full pass for the points in `redo` only, written into state = (assignment, score, bound)."""
+    block, d = xblocks.shape[1:]
+    x_flat = xblocks.reshape(-1, d)
+    tiles = _tile_centroids(c, tile_k, compute_dtype)
+
+    def fn(r, st):
+        out = _nearest(x_flat.at[r].get(mode="fill", fill_value=0.0), tiles, second=True)
+        return tuple(s.at[r].set(o, mode="drop") for s, o in zip(st, out))
+
+    return _over_rows(redo, block, fn, state)
+
+
+def _moved_pass(xblocks, c, moved, a, sa, lb, *, tile_k, compute_dtype):
+    """Scores every point against the moved centroids only; returns the new (assignment, score, bound) and which
+    points are settled: those whose best of the moved centroids and their own beats their bound on the rest."""
+    n_blocks, block, d = xblocks.shape
+    k = c.shape[0]
+    moved_tile, group = _moved_tiling(tile_k, block, n_blocks)
+    m = jnp.sum(moved)
+    order = jnp.argsort(~moved, stable=True).astype(jnp.int32)  # moved centroids first
+    tiles = _tile_centroids(c[order], moved_tile, compute_dtype, n_valid=m)
+    n_active = (m + moved_tile - 1) // moved_tile
+
+    def per_block(inputs):
+        xb, ab, sab, lbb = inputs
+        i1, e1, m_lb = _nearest(xb, tiles, second=True, n_active=n_active)
+        j1 = order[jnp.minimum(i1, k - 1)]
+        own = ~moved[ab]  # a centroid that did not move keeps its known exact score
+        own_wins = own & ((sab < e1) | ((sab == e1) & (ab < j1)))
+        best, best_s = jnp.where(own_wins, ab, j1), jnp.where(own_wins, sab, e1)
+        others = jnp.where(own_wins, jnp.minimum(e1, m_lb), jnp.where(own, jnp.minimum(sab, m_lb), m_lb))
+        return best, best_s, jnp.minimum(lbb, others), best_s < lbb
+
+    grouped = tuple(v.reshape(n_blocks // group, group * block, *v.shape[1:])
+                    for v in (xblocks.reshape(-1, d), a, sa, lb))
+    return tuple(o.reshape(-1) for o in lax.map(per_block, grouped))
+
+
+def _lloyd_local(xblocks, xsq, valid, c0, *, n_iters, tile_k, compute_dtype, cosine, reduce):
+    """Lloyd iterations that skip provably unchanged work, exactly (up to screening near-ties).
+
+    Between two iterations usually only some centroids move (a centroid whose members did not change stays put,
+    bit for bit), and a point's scores against the others do not change. Every point keeps its centroid's exact
+    score and a lower bound on every other centroid's score; after an update it is scored against the moved
+    centroids only (`_moved_pass`). If the best of those and its own centroid beats the bound, that is its nearest
+    centroid; otherwise it is re-scored against all centroids (`_rescore`, those points compacted into full blocks).
+    The member sums are updated from the points that changed cluster only. When most centroids moved, the iteration
+    is a plain full pass.
+    """
+    n_blocks, block, d = xblocks.shape
+    k = c0.shape[0]
+    x_flat, valid_flat = xblocks.reshape(-1, d), valid.reshape(-1)
+    moved_tile, _ = _moved_tiling(tile_k, block, n_blocks)
+    k_pad = -(-k // moved_tile) * moved_tile
+    full = functools.partial(_full_pass, xblocks, tile_k=tile_k, compute_dtype=compute_dtype)
+
+    def incremental(c, moved, a, sa, lb):
+        a, sa, lb, settled = _moved_pass(xblocks, c, moved, a, sa, lb, tile_k=tile_k, compute_dtype=compute_dtype)
+        return _rescore(xblocks, c, ~settled & valid_flat, (a, sa, lb), tile_k=tile_k, compute_dtype=compute_dtype)
+
+    def stats_delta(a_old, a_new):
+        def fn(r, acc):
+            xr = x_flat.at[r].get(mode="fill", fill_value=0.0)
+            old, new = (v.at[r].get(mode="fill", fill_value=k) for v in (a_old, a_new))
+            sums, counts = acc
+            sums = sums.at[new].add(xr, mode="drop").at[old].add(-xr, mode="drop")
+            return sums, counts.at[new].add(1, mode="drop").at[old].add(-1, mode="drop")
+
+        init = (jnp.zeros((k, d), jnp.float32), jnp.zeros(k, jnp.int32))
+        sums, counts = _over_rows((a_old != a_new) & valid_flat, block, fn, init)
+        return reduce(sums), reduce(counts)
+
+    a, sa, lb = full(c0)
+    seg = jnp.where(valid_flat, a, k)  # padding rows go to an out-of-range segment and are dropped
+    sums = reduce(jax.ops.segment_sum(x_flat, seg, num_segments=k))
+    counts = reduce(jax.ops.segment_sum(valid_flat.astype(jnp.int32), seg, num_segments=k))
+
+    def step(_, carry):
+        c, a, sa, lb, sums, counts = carry
+        new_c = _update(c, sums, counts, cosine)
+        moved = jnp.any(new_c != c, axis=1)
+        worth_it = (jnp.sum(moved) + moved_tile - 1) // moved_tile * moved_tile * 8 <= 7 * k_pad
+        a2, sa2, lb2 = lax.cond(worth_it, lambda: incremental(new_c, moved, a, sa, lb), lambda: full(new_c))
+        d_sums, d_counts = stats_delta(a, a2)
+        return new_c, a2, sa2, lb2, sums + d_sums, counts + d_counts
+
+    c, a, sa, _, _, _ = lax.fori_loop(0, n_iters, step, (c0, a, sa, lb, sums, counts))
+    return c, a.reshape(n_blocks, block), _distance(xsq, sa.reshape(n_blocks, block), cosine)
+
+
 def _shard(fn, mesh, in_specs, out_specs):
     if mesh is None:
         return fn
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
+def _plain_local(xblocks, xsq, valid, c0, *, n_iters, tile_k, compute_dtype, cosine, reduce):
+    """Plain Lloyd iterations, every point against every centroid each time: for fits too small for skipping to
+    repay its longer compilation."""
+    k, d = c0.shape
+
+    def step(_, c):
+        tiles = _tile_centroids(c, tile_k, compute_dtype)
+        idx, _ = lax.map(lambda xb: _nearest(xb, tiles), xblocks)
+        seg = jnp.where(valid, idx, k).reshape(-1)  # padding rows go to an out-of-range segment and are dropped
+        sums = jax.ops.segment_sum(xblocks.reshape(-1, d), seg, num_segments=k)
+        counts = jax.ops.segment_sum(valid.reshape(-1).astype(jnp.int32), seg, num_segments=k)
+        return _update(c, reduce(sums), reduce(counts), cosine)
+
+    c = lax.fori_loop(0, n_iters, step, c0)
+    idx, dist = _block_assign(xblocks, xsq, c, tile_k=tile_k, compute_dtype=compute_dtype, cosine=cosine)
+    return c, idx, dist
+
+
 @functools.lru_cache(maxsize=64)
-def _lloyd_fn(mesh, n_iters: int, tile_k: int, mode: str, compute_dtype):
+def _lloyd_fn(mesh, n_iters: int, tile_k: int, mode: str, compute_dtype, skip: bool):
     """Jitted Lloyd fit: n_iters iterations then a final assignment, all in one device program."""
-    cosine = mode == "cosine"
     axis = None if mesh is None else mesh.axis_names[0]
     reduce = (lambda v: v) if mesh is None else (lambda v: lax.psum(v, axis))
-
-    def local(xblocks, xsq, valid, c0):
-        def step(_, c):
-            sums, counts = _block_stats(xblocks, valid, c, tile_k=tile_k, compute_dtype=compute_dtype)
-            return _update(c, reduce(sums), reduce(counts), cosine)
-
-        c = lax.fori_loop(0, n_iters, step, c0)
-        idx, dist = _block_assign(xblocks, xsq, c, tile_k=tile_k, compute_dtype=compute_dtype, cosine=cosine)
-        return c, idx, dist
-
+    local = functools.partial(_lloyd_local if skip else _plain_local, n_iters=n_iters, tile_k=tile_k,
+                              compute_dtype=compute_dtype, cosine=mode == "cosine", reduce=reduce)
     spec = P(axis)
     return jax.jit(_shard(local, mesh, (spec, spec, spec, P()), (P(), spec, spec)))
 
@@ -491,7 +657,10 @@ def kmeans(x, k: int, *, n_iters: int = 20, key: jax.Array | int = 0, mode: str 
     c0 = _initial_centroids(xn, k, init, key, nearest)
     if mode == "cosine":
         c0 = _normalize_np(c0)
-    fit = _lloyd_fn(mesh, int(n_iters), tile_k, mode, compute_dtype)
+    # Skipping unchanged work needs tiles of moved centroids, and compiles to a program a few times larger (about
+    # a second more on a 2-core CPU): it is used where the fit's matmuls are far larger than that.
+    skip = k >= _SKIP_MIN_K and n_iters * n * k * x.shape[1] >= _SKIP_MIN_WORK
+    fit = _lloyd_fn(mesh, int(n_iters), tile_k, mode, compute_dtype, skip)
     c, idx, dist = fit(xblocks, xsq, valid, jnp.asarray(c0 - shift, jnp.float32))
     distance = np.asarray(dist).reshape(-1)[:n]
     return KMeansResult(centroids=np.asarray(c) + shift, assignment=np.asarray(idx).reshape(-1)[:n],

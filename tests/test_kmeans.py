@@ -155,3 +155,85 @@ def test_seeding_finds_separated_blobs(init):
         assert len(np.unique(res.assignment[owner == b])) == 1
     noise = ((x - centers[owner]) ** 2).sum()
     assert res.inertia == pytest.approx(noise, rel=0.02)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("max_tile", [4096, 48])  # one centroid tile, and 100 centroids in 3 merged tiles
+def test_second_best_bound_holds(dtype, max_tile, monkeypatch):
+    monkeypatch.setattr(km, "_MAX_TILE_K", max_tile)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((700, 24)).astype(np.float32)
+    c = rng.standard_normal((100, 24)).astype(np.float32) * 0.5
+    n_blocks, tile_k = 7, km._tiling(100, None)[1]
+    a, score, bound = (np.asarray(v) for v in km._full_pass(
+        jnp.asarray(x.reshape(n_blocks, 100, 24)), jnp.asarray(c), tile_k=tile_k, compute_dtype=dtype))
+    exact = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1) - (x.astype(np.float64) ** 2).sum(1)[:, None]
+    np.testing.assert_allclose(score, exact[np.arange(700), a], rtol=1e-5, atol=1e-4)
+    others = exact.copy()
+    others[np.arange(700), a] = np.inf
+    assert (bound <= others.min(1) + 1e-4).all()  # a lower bound on every other centroid's score
+    assert (a == exact.argmin(1)).all() and (bound > score).mean() > 0.95  # and useful: most points separated
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_moved_pass_agrees_with_full_pass(dtype):
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((8, 256, 16)).astype(np.float32))
+    c = rng.standard_normal((300, 16)).astype(np.float32)
+    tile_k = km._tiling(300, None)[1]
+    state = km._full_pass(x, jnp.asarray(c), tile_k=tile_k, compute_dtype=dtype)
+    moved = np.zeros(300, bool)
+    moved[rng.choice(300, 70, replace=False)] = True
+    c_new = c + moved[:, None] * rng.standard_normal((300, 16)).astype(np.float32) * 0.3
+    a, s, lb, settled = km._moved_pass(x, jnp.asarray(c_new), jnp.asarray(moved), *state, tile_k=tile_k,
+                                      compute_dtype=dtype)
+    assert 0.5 < float(np.mean(settled)) < 1.0  # both paths taken
+    redo = ~settled
+    a, s, lb = km._rescore(x, jnp.asarray(c_new), redo, (a, s, lb), tile_k=tile_k, compute_dtype=dtype)
+    a_full, s_full, _ = km._full_pass(x, jnp.asarray(c_new), tile_k=tile_k, compute_dtype=dtype)
+    np.testing.assert_array_equal(a, a_full)
+    np.testing.assert_allclose(s, s_full, rtol=1e-5, atol=1e-4)
+    xf = np.asarray(x).reshape(-1, 16).astype(np.float64)
+    exact = ((xf[:, None] - c_new[None]) ** 2).sum(-1) - (xf ** 2).sum(1)[:, None]
+    exact[np.arange(len(xf)), np.asarray(a)] = np.inf
+    assert (np.asarray(lb) <= exact.min(1) + 1e-4).all()
+
+
+def _skip_fixture():
+    rng = np.random.default_rng(8)
+    centers = rng.standard_normal((600, 16)).astype(np.float32) * 3
+    x = centers[rng.integers(0, 600, 2400)] + rng.standard_normal((2400, 16)).astype(np.float32)
+    return x, x[rng.choice(2400, 300, replace=False)].copy()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_lloyd_with_skipped_work_matches_numpy(dtype, monkeypatch):
+    # 300 clusters of 2400 points: after the first iterations only some centroids move, so the fit takes the
+    # moved-centroid pass and the incremental member sums; the result must still be plain Lloyd's.
+    monkeypatch.setattr(km, "_SKIP_MIN_WORK", 0)
+    x, c0 = _skip_fixture()
+    res = km.kmeans(x, 300, n_iters=8, init=c0, compute_dtype=dtype)
+    c, a, d = _numpy_lloyd(x, c0, 8)
+    moved_late = (np.abs(_numpy_lloyd(x, c0, 7)[0] - _numpy_lloyd(x, c0, 6)[0]).sum(1) > 0).sum()
+    assert moved_late < 256  # fewer than 7/8 of the 64-wide tiles: the moved-centroid pass is taken
+    if dtype == jnp.float32:
+        np.testing.assert_array_equal(res.assignment, a)
+        np.testing.assert_allclose(res.centroids, c, atol=1e-4)
+    else:  # screening may flip a near-tie, which then moves its two centroids slightly
+        assert (res.assignment == a).mean() > 0.99
+    assert res.inertia == pytest.approx(d.sum(), rel=1e-4)
+
+
+def test_lloyd_with_skipped_work_sharded_equals_unsharded(monkeypatch):
+    monkeypatch.setattr(km, "_SKIP_MIN_WORK", 0)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    x, c0 = _skip_fixture()
+    single = km.kmeans(x, 300, n_iters=8, init=c0, compute_dtype=jnp.bfloat16)
+    sharded = km.kmeans(x, 300, n_iters=8, init=c0, compute_dtype=jnp.bfloat16, mesh=mesh)
+    np.testing.assert_array_equal(sharded.assignment, single.assignment)
+    np.testing.assert_allclose(sharded.centroids, single.centroids, atol=1e-5)
+    skipping = km.kmeans(x, 300, n_iters=8, init=c0)
+    monkeypatch.setattr(km, "_SKIP_MIN_WORK", 1 << 62)  # plain Lloyd: the same fit
+    plain = km.kmeans(x, 300, n_iters=8, init=c0)
+    np.testing.assert_array_equal(skipping.assignment, plain.assignment)
+    np.testing.assert_allclose(skipping.centroids, plain.centroids, atol=1e-5)
