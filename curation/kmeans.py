@@ -26,8 +26,10 @@ _MODES = ("l2", "cosine")
 _TILE_ELEMENTS = 1 << 20
 _MAX_TILE_K = 4096
 _TILE_ALIGN = 64
-# Lloyd fits with at least this many centroids and n_iters * n * k * d multiply-adds skip unchanged work.
+# Lloyd fits with at least this many centroids and iterations, and n_iters * n * k * d multiply-adds, skip
+# unchanged work.
 _SKIP_MIN_K = 256
+_SKIP_MIN_ITERS = 4
 _SKIP_MIN_WORK = 1 << 36
 # Row counts are rounded up to these multiples so that fits on slightly different n share one compilation.
 _SEED_BUCKET = 1024
@@ -145,12 +147,11 @@ def _nearest(xb: jax.Array, tiles: "_Tiles", *, second: bool = False, n_active=N
     nearest centroid is not among them, a near-tie within screening error. Each score is packed with its column
     into one order-preserving int32 key (the score's low bits give way to the index), so a single min reduction
     yields both the minimum and its argmin. The bound is the exact runner-up or, for the columns not re-scored, the
-    screened score of the last candidate (the third with bfloat16, whose error is larger) minus a screening error.
+    second candidate's screened score minus a screening error.
     """
     c_tiles, c_sq_tiles, c_q = tiles.c, tiles.c_sq, tiles.c_q
     n_tiles, tile_k, d = c_tiles.shape
     in_dtype = c_q.dtype
-    n_cand = 3 if second and in_dtype != jnp.float32 else 2
     screen = second or in_dtype != jnp.float32
     xq = xb.astype(in_dtype)
     ids = jnp.arange(tile_k, dtype=jnp.int32)[:, None]
@@ -167,19 +168,15 @@ def _nearest(xb: jax.Array, tiles: "_Tiles", *, second: bool = False, n_active=N
         m = jnp.min(s, axis=0)
         return jnp.min(jnp.where(s == m[None, :], ids, tile_k), axis=0) + offset, m
 
-    def screened(c_t, c_sq_t, offset):  # n_cand (global column, truncated key) pairs, best first
+    def screened(c_t, c_sq_t, offset):  # the two best (global column, truncated key) pairs, best first
         b = lax.bitcast_convert_type(scores(c_t, c_sq_t), jnp.int32)
         key = (jnp.where(b < 0, b ^ 0x7FFFFFFF, b) & ~low) | ids
-        out = [jnp.min(key, axis=0)]
-        for _ in range(n_cand - 1):  # keys are unique within a tile: "greater than the last" skips those taken
-            out.append(jnp.min(jnp.where(key > out[-1][None, :], key, worst), axis=0))
-        return tuple(x for k in out for x in ((k & low) + offset, k & ~low))
+        k1 = jnp.min(key, axis=0)
+        k2 = jnp.min(jnp.where(key == k1[None, :], worst, key), axis=0)  # keys are unique within a tile
+        return (k1 & low) + offset, k1 & ~low, (k2 & low) + offset, k2 & ~low
 
-    def before(p, q):  # candidate order: truncated score, then column (so an earlier tile wins ties)
-        return (p[1] < q[1]) | ((p[1] == q[1]) & (p[0] < q[0]))
-
-    def exchange(p, q):
-        swap = before(q, p)
+    def exchange(p, q):  # (first, second) of two candidates by truncated score, then column (earlier tile first)
+        swap = (q[1] < p[1]) | ((q[1] == p[1]) & (q[0] < p[0]))
         return (tuple(jnp.where(swap, v, u) for u, v in zip(p, q)),
                 tuple(jnp.where(swap, u, v) for u, v in zip(p, q)))
 
@@ -187,18 +184,16 @@ def _nearest(xb: jax.Array, tiles: "_Tiles", *, second: bool = False, n_active=N
         if not screen:
             better = b[1] < a[1]
             return jnp.where(better, b[0], a[0]), jnp.where(better, b[1], a[1])
-        pa = [a[2 * i:2 * i + 2] for i in range(n_cand)]
-        pb = [b[2 * i:2 * i + 2] for i in range(n_cand)]
-        # Both lists sorted: a against b reversed keeps the n_cand best (a bitonic half), then sort those.
-        half = [exchange(p, q)[0] for p, q in zip(pa, pb[::-1])]
-        for i, j in ((0, 1), (1, 2), (0, 1))[:1 if n_cand == 2 else 3]:
-            half[i], half[j] = exchange(half[i], half[j])
-        return tuple(x for p in half for x in p)
+        # Both pairs sorted: the two best are the lesser of a1, b2 and of a2, b1 (a bitonic half), in some order.
+        first, _ = exchange(a[:2], b[2:])
+        second, _ = exchange(a[2:], b[:2])
+        first, second = exchange(first, second)
+        return first + second
 
     tile_best = screened if screen else exact_best
     rows = xb.shape[0]
     if screen:
-        init = (jnp.zeros(rows, jnp.int32), jnp.full(rows, worst)) * n_cand
+        init = (jnp.zeros(rows, jnp.int32), jnp.full(rows, worst)) * 2
     else:
         init = (jnp.zeros(rows, jnp.int32), jnp.full(rows, jnp.inf))
     if n_active is not None:
@@ -213,15 +208,14 @@ def _nearest(xb: jax.Array, tiles: "_Tiles", *, second: bool = False, n_active=N
     if not screen:
         return best
     c_flat, c_sq_flat = c_tiles.reshape(-1, d), c_sq_tiles.reshape(-1)
-    (i1, _, i2, _), last_key = best[:4], best[-1]
+    i1, _, i2, last_key = best
     e1, e2 = (c_sq_flat[i] - 2.0 * jnp.sum(xb * c_flat[i], axis=1) for i in (i1, i2))
     runner_up = (e2 < e1) | ((e2 == e1) & (i2 < i1))
     idx, score = jnp.where(runner_up, i2, i1), jnp.where(runner_up, e2, e1)
     if not second:
         return idx, score
-    # Every column outside the two re-scored ones has a key above the last candidate's, so its screened score is at
-    # least that key's truncated score (decoded below, rounded down), and its exact score at most one screening
-    # error lower. Screened and exact scores differ by twice the dot product's error: from rounding the inputs,
+    # Every other column has a key above the second candidate's, so its screened score is at least that key's
+    # truncated score (decoded below, rounded down), and its exact score at most one screening error lower. Screened and exact scores differ by twice the dot product's error: from rounding the inputs,
     # |x.c - xq.cq| <= |x - xq| |c| + |xq| |c - cq| (Cauchy-Schwarz), and from two float32 sums of d terms, each
     # within d 2^-24 |x| |c|.
     t = last_key & ~low
@@ -657,9 +651,10 @@ def kmeans(x, k: int, *, n_iters: int = 20, key: jax.Array | int = 0, mode: str 
     c0 = _initial_centroids(xn, k, init, key, nearest)
     if mode == "cosine":
         c0 = _normalize_np(c0)
-    # Skipping unchanged work needs tiles of moved centroids, and compiles to a program a few times larger (about
-    # a second more on a 2-core CPU): it is used where the fit's matmuls are far larger than that.
-    skip = k >= _SKIP_MIN_K and n_iters * n * k * x.shape[1] >= _SKIP_MIN_WORK
+    # Skipping unchanged work needs tiles of moved centroids and iterations in which most centroids stay put (the
+    # first two updates move nearly all of them), and compiles to a program a few times larger (about a second
+    # more on a 2-core CPU): it is used where the fit's matmuls are far larger than that.
+    skip = k >= _SKIP_MIN_K and n_iters >= _SKIP_MIN_ITERS and n_iters * n * k * x.shape[1] >= _SKIP_MIN_WORK
     fit = _lloyd_fn(mesh, int(n_iters), tile_k, mode, compute_dtype, skip)
     c, idx, dist = fit(xblocks, xsq, valid, jnp.asarray(c0 - shift, jnp.float32))
     distance = np.asarray(dist).reshape(-1)[:n]

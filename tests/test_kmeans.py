@@ -172,7 +172,7 @@ def test_second_best_bound_holds(dtype, max_tile, monkeypatch):
     others = exact.copy()
     others[np.arange(700), a] = np.inf
     assert (bound <= others.min(1) + 1e-4).all()  # a lower bound on every other centroid's score
-    assert (a == exact.argmin(1)).all() and (bound > score).mean() > 0.95  # and useful: most points separated
+    assert (a == exact.argmin(1)).all() and (bound > score).mean() > 0.9  # and useful: most points separated
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
