@@ -5,7 +5,10 @@ each ``||c||^2 - 2 x.c`` tile to its minimum (or, screening in bfloat16, its two
 float32) before the next, so memory is O(block x tile) and never O(N x K). L2 data are centred first, so the
 expanded distance does not cancel. Each Lloyd step sums the members of every centroid with one segment sum over the
 device's points; with a mesh the points are sharded along N and each device reduces its own points before a single
-``psum`` per iteration. The host sees one transfer at the end of a fit.
+``psum`` per iteration. Large fits skip work that cannot change the result: after the first updates most centroids
+stop moving, so each point is scored against the moved centroids only, and re-scored in full only where a kept
+lower bound on the other centroids' scores does not settle it (`_lloyd_local`). The host sees one transfer at the end
+of a fit.
 This module holds numeric kernels only: hierarchy and sampling logic live in ``hierarchical.py`` and ``sampling.py``.
 """
 from __future__ import annotations
