@@ -120,6 +120,15 @@ def _check_mesh_multiple(value: int, field: str, mesh: jax.sharding.Mesh) -> Non
         raise ValueError(f"{field}={value} must be a positive multiple of the {mesh.size} devices")
 
 
+_COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _compute_dtype(value: str, field: str) -> jnp.dtype:
+    if value not in _COMPUTE_DTYPES:
+        raise ValueError(f"{field}={value!r}; known: {_COMPUTE_DTYPES}")
+    return jnp.dtype(value)
+
+
 # ---------------------------------------------------------------------------------------------- recipes
 
 
@@ -144,8 +153,7 @@ def _hkmeans(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.n
                              f"(it clusters the centroids of level {level - 1})")
     if h.strategy not in sampling.STRATEGIES:
         raise ValueError(f"config.hkmeans.strategy={h.strategy!r}; known: {sampling.STRATEGIES}")
-    if h.compute_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"config.hkmeans.compute_dtype={h.compute_dtype!r}; known: ('float32', 'bfloat16')")
+    compute_dtype = _compute_dtype(h.compute_dtype, "config.hkmeans.compute_dtype")
     target = _target(config, pool.n, multiplier=h.multiplier)
     x = np.asarray(pool.x, np.float32)
 
@@ -153,7 +161,7 @@ def _hkmeans(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.n
     hier = hierarchical.hierarchical_kmeans(
         x, ks, n_resamples=tuple(h.n_resamples), sample_sizes=tuple(h.sample_sizes) or None,
         strategy=h.resample_strategy, n_iters=h.n_iters, n_splits=h.n_splits, key=config.seed, mode=h.mode, mesh=mesh,
-        compute_dtype=jnp.dtype(h.compute_dtype))
+        compute_dtype=compute_dtype)
     timings["hierarchical_kmeans"] = time.perf_counter() - start
     start = time.perf_counter()
     kept = np.sort(sampling.balanced_sample(hier, target, key=config.seed, strategy=h.strategy, eta=h.eta,
@@ -183,12 +191,13 @@ def _semdedup(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.
     if s.n_passes < 1:
         raise ValueError(f"config.semdedup.n_passes={s.n_passes} must be >= 1")
     _check_mesh_multiple(s.units_per_call, "config.semdedup.units_per_call", mesh)
+    compute_dtype = _compute_dtype(s.compute_dtype, "config.semdedup.compute_dtype")
 
     start = time.perf_counter()
     res = dedup.semdedup(np.asarray(pool.x, np.float32), n_clusters=s.n_clusters, eps_list=eps_list,
                          n_passes=s.n_passes, ordering=s.ordering, key=config.seed, normalize=True,
                          kmeans_iters=s.kmeans_iters, block_size=s.block_size, units_per_call=s.units_per_call,
-                         compute_dtype=jnp.dtype(s.compute_dtype), mesh=mesh)
+                         compute_dtype=compute_dtype, mesh=mesh)
     timings["semdedup"] = time.perf_counter() - start
     column = eps_list.index(float(s.eps))
     kept = np.flatnonzero(res.kept[:, column]).astype(np.int64)

@@ -134,7 +134,7 @@ def _bad_embeddings(embeddings, tmp_path, name, x):
 
 @pytest.mark.parametrize("case", ["missing", "nan_row", "k_too_large", "semdedup_k_too_large", "target_too_large",
                                   "dim_mismatch", "missing_labels", "source_mismatch", "missing_release",
-                                  "bad_compute_dtype"])
+                                  "bad_compute_dtype", "semdedup_bad_compute_dtype"])
 def test_bad_inputs_fail_fast_naming_the_field(case, embeddings, tmp_path):
     x = np.load(embeddings / "X.npy")
     hk = f"--config=configs/curate_hkmeans.py:embeddings={embeddings},smoke"
@@ -174,6 +174,10 @@ def test_bad_inputs_fail_fast_naming_the_field(case, embeddings, tmp_path):
     elif case == "bad_compute_dtype":
         argv, error, match = ("--mode=curate", hk, "--config.hkmeans.compute_dtype=float16"), \
             ValueError, r"config.hkmeans.compute_dtype='float16'; known: \('float32', 'bfloat16'\)"
+    elif case == "semdedup_bad_compute_dtype":
+        argv, error, match = ("--mode=curate", f"--config=configs/curate_semdedup.py:embeddings={embeddings},smoke",
+                              "--config.semdedup.compute_dtype=bf16"), \
+            ValueError, r"config.semdedup.compute_dtype='bf16'; known: \('float32', 'bfloat16'\)"
     else:
         argv, error, match = ("--mode=embed", f"--config=configs/embed.py:release={tmp_path / 'nope'}"), \
             FileNotFoundError, "config.release: .*nope/model.json not found"
