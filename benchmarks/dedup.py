@@ -24,7 +24,8 @@ import tracemalloc
 import numpy as np
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]  # runnable from a checkout without installing; the reference lives in tests
+# runnable from a checkout without installing; the numpy reference lives in tests
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
 
 from curation import dedup, kmeans  # noqa: E402
 from test_dedup import semdedup_reference  # noqa: E402
@@ -86,7 +87,8 @@ def main() -> None:
     finite = np.isfinite(m_ref)
     m_jax = np.maximum(res.max_similarity[finite], 0.0)
     print(json.dumps({
-        "data": {"n": args.n, "d": args.d, "n_clusters": args.n_clusters, "planted_duplicates": int(args.dup_fraction * args.n),
+        "data": {"n": args.n, "d": args.d, "n_clusters": args.n_clusters,
+                 "planted_duplicates": int(args.dup_fraction * args.n),
                  "cluster_size_max": int(sizes.max()), "cluster_size_median": float(np.median(sizes)),
                  "sum_sq_cluster_sizes_over_n": round(float((sizes.astype(np.float64) ** 2).sum() / args.n), 1)},
         "eps": args.eps,

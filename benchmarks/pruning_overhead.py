@@ -296,11 +296,11 @@ def run(config) -> dict[str, Any]:
         },
         "notes": ("resampling fractions: warm_best = best re-clustering / (steps_between * best step), "
                   "warm_median likewise with medians, cold = first (compiling) re-clustering / (steps_between "
-                  "* median step); steps are the step with the table update; compile_s and xla_compiles: XLA compilations "
-                  "inside each re-clustering (part of its seconds). Table fractions: differential = (t_with - "
-                  "t_without) / t_with from the best windows, the median windows, and paired (median over repeats "
-                  "of each repeat's adjacent windows, with its standard error: the goal's met is null when the limit lies "
-                  "within 2 stderr of it, i.e. this run's timing noise cannot decide); lone_update = the jitted "
+                  "* median step); steps are the step with the table update; compile_s and xla_compiles: XLA "
+                  "compilations inside each re-clustering (part of its seconds). Table fractions: differential = "
+                  "(t_with - t_without) / t_with from the best windows, the median windows, and paired (median over "
+                  "repeats of each repeat's adjacent windows, with its standard error: the goal's met is null when the "
+                  "limit lies within 2 stderr of it, i.e. this run's timing noise cannot decide); lone_update = the jitted "
                   "update alone (dispatch included, no fusion) / t_with, an upper bound."),
     }
 

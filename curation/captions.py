@@ -11,7 +11,8 @@ so it is computed once per distinct string, and `fold_duplicates` merges copies 
 weight, which leaves the weighted aggregate sum_j w_j h_j unchanged while the text encoder sees each string once.
 
 This is text processing on the host (sacrebleu, a few thousand sentences per second per core): UCM-captions (2,100
-images x 5) takes about 3 s in one process on a busy 2-core machine, less than a pool of workers costs to start. Nothing here imports jax or oceansar.
+images x 5) takes about 3 s in one process on a busy 2-core machine, less than a pool of workers costs to start.
+Nothing here imports jax or oceansar.
 """
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ def _as_points(x, name: str = "x") -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
-        raise ValueError(f"{name} has {int(bad.sum())} rows with NaN/Inf values; first bad row is {int(np.argmax(bad))}")
+        raise ValueError(f"{name} has {int(bad.sum())} rows with NaN/Inf values; "
+                         f"first bad row is {int(np.argmax(bad))}")
     return x
 
 
@@ -218,16 +219,17 @@ def _nearest(xb: jax.Array, tiles: "_Tiles", *, second: bool = False, n_active=N
     if not second:
         return idx, score
     # Every other column has a key above the second candidate's, so its screened score is at least that key's
-    # truncated score (decoded below, rounded down), and its exact score at most one screening error lower. Screened and exact scores differ by twice the dot product's error: from rounding the inputs,
-    # |x.c - xq.cq| <= |x - xq| |c| + |xq| |c - cq| (Cauchy-Schwarz), and from two float32 sums of d terms, each
-    # within d 2^-24 |x| |c|.
+    # truncated score (decoded below, rounded down), and its exact score at most one screening error lower.
+    # Screened and exact scores differ by twice the dot product's error: from rounding the inputs,
+    # |x.c - xq.cq| <= |x - xq| |c| + |xq| |c - cq| (Cauchy-Schwarz, |xq| <= |x| + |x - xq|), and from two float32
+    # sums of d terms, each within d 2^-24 |x| |c|.
     t = last_key & ~low
     decoded = lax.bitcast_convert_type(jnp.where(t < 0, t ^ 0x7FFFFFFF, t), jnp.float32)
     decoded = jnp.where(t >= 0x7F800000, jnp.inf, decoded)  # +inf (padding) and the empty key
     x_norm = jnp.sqrt(jnp.sum(xb * xb, axis=1))
     x_err = jnp.sqrt(jnp.sum(jnp.square(xb - xq.astype(jnp.float32)), axis=1))
     c_norm, c_err = tiles.c_norm, tiles.c_err
-    dot_err = x_err * c_norm + x_norm * c_err + 2.0 * d * 2.0 ** -24 * (x_norm + x_err) * (c_norm + c_err)
+    dot_err = x_err * c_norm + (x_norm + x_err) * (c_err + 2.0 * d * 2.0 ** -24 * (c_norm + c_err))
     return idx, score, jnp.minimum(jnp.where(runner_up, e1, e2), decoded - 2.0 * dot_err)
 
 

@@ -116,8 +116,8 @@ def scene_aware_sample(
 
     Returns:
         (indices int64 [target] into x, sorted; info) where info holds "scene" [n] (row of `scene_prototypes`),
-        "cluster" [n] (global cluster id), "cluster_distance" [n] (1 - cos to it), "scene_of_cluster" [K], "k_per_scene" [n_scenes] and
-        "scene_quota" [n_scenes] (samples taken per scene).
+        "cluster" [n] (global cluster id), "cluster_distance" [n] (1 - cos to it), "scene_of_cluster" [K],
+        "k_per_scene" [n_scenes] and "scene_quota" [n_scenes] (samples taken per scene).
     """
     x = _normalized(x, "x")
     n = x.shape[0]

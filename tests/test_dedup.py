@@ -77,7 +77,8 @@ def test_kept_set_equals_reference(ordering):
 
 
 def planted_duplicates(seed: int = 0, n_base: int = 120, d: int = 32):
-    """Distinct base points (pairwise cosine < 0.9) plus 1-3 copies of some, each within cosine distance 5e-4 .. 1e-2 of it and of each other."""
+    """Distinct base points (pairwise cosine < 0.9) plus 1-3 copies of some, each within cosine distance
+    5e-4 .. 1e-2 of it and of each other."""
     rng = np.random.default_rng(seed)
     base = rng.standard_normal((n_base, d)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)

@@ -28,7 +28,8 @@ POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLIC
 
 
 def parse_policy(name: str) -> tuple[str, str | None]:
-    """`"cluster_balanced+infobatch"` -> `("cluster_balanced", "infobatch")`; `"infobatch"` -> `("none", "infobatch")`."""
+    """Splits a policy name: `"cluster_balanced+infobatch"` -> `("cluster_balanced", "infobatch")`;
+    `"infobatch"` -> `("none", "infobatch")`."""
     if name not in POLICIES:
         raise ValueError(f"config.pruning.policy: unknown policy {name!r}; known: {POLICIES}")
     if name in LOSS_RULES:
