@@ -300,8 +300,8 @@ def run(config) -> dict[str, Any]:
                   "compilations inside each re-clustering (part of its seconds). Table fractions: differential = "
                   "(t_with - t_without) / t_with from the best windows, the median windows, and paired (median over "
                   "repeats of each repeat's adjacent windows, with its standard error: the goal's met is null when the "
-                  "limit lies within 2 stderr of it, i.e. this run's timing noise cannot decide); lone_update = the jitted "
-                  "update alone (dispatch included, no fusion) / t_with, an upper bound."),
+                  "limit lies within 2 stderr of it, i.e. this run's timing noise cannot decide); lone_update = the "
+                  "jitted update alone (dispatch included, no fusion) / t_with, an upper bound."),
     }
 
 
