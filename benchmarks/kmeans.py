@@ -6,7 +6,9 @@ scikit-learn return centroids and each point's cluster (n_iters assignment passe
 returns centroids only (n_iters passes), so `faiss_with_labels` adds the index search that gives the labels. Every
 method starts from the same initial centroids C0, runs the same fixed number of Lloyd iterations with no
 subsampling and no early stop, and its final centroids are scored by one common evaluator (nearest-centroid squared
-distance, float64 sum), so the inertia difference measures numerical agreement, not seeding luck. Methods run
+distance, float64 sum), so the inertia difference measures numerical agreement, not seeding luck. On fits this
+large oceansar's Lloyd skips, exactly, the scoring that cannot change an assignment (a point against centroids that
+did not move, when a kept bound settles it): the iterations are still full Lloyd iterations. Methods run
 interleaved in one process and the best of `--repeats` is reported (the machine is shared). Prints JSON.
 
     python benchmarks/kmeans.py                        # 200k x 256 -> 1024 (10 iters) and the large-K case
