@@ -101,14 +101,15 @@ def _split_batch(xg, wg, keys, *, s: int, n_iters: int, cosine: bool):
         c = km._kmeanspp_kernel(x, w, key, k=s, n_trials=2 + int(np.log(s)))
 
         def nearest(c):
-            d2 = jnp.sum(x * x, 1)[:, None] - 2.0 * x @ c.T + jnp.sum(c * c, 1)[None, :]
+            dots = jnp.matmul(x, c.T, precision=km._EXACT)
+            d2 = jnp.sum(x * x, 1)[:, None] - 2.0 * dots + jnp.sum(c * c, 1)[None, :]
             return jnp.argmin(d2, axis=1), jnp.maximum(jnp.min(d2, axis=1), 0.0)
 
         def step(_, c):
             a, _ = nearest(c)
             onehot = jax.nn.one_hot(a, s, dtype=jnp.float32) * w[:, None]
             counts = onehot.sum(0)
-            mean = (onehot.T @ x) / jnp.maximum(counts, 1e-30)[:, None]
+            mean = jnp.matmul(onehot.T, x, precision=km._EXACT) / jnp.maximum(counts, 1e-30)[:, None]
             new = jnp.where((counts > 0)[:, None], mean, c)
             return km._normalize(new) if cosine else new
 
