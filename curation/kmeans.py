@@ -69,8 +69,11 @@ def _as_points(x, name: str = "x") -> np.ndarray:
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {x.shape})")
     x = x.astype(np.float32, copy=False)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
+    # A row with a NaN or an infinity has a non-finite sum; only an overflowing sum needs the elementwise check,
+    # whose [n, d] mask would cost more than the sum.
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(x.sum(axis=1)).all()
+    if not finite and (bad := ~np.isfinite(x).all(axis=1)).any():
         raise ValueError(f"{name} has {int(bad.sum())} rows with NaN/Inf values; "
                          f"first bad row is {int(np.argmax(bad))}")
     return x
@@ -116,11 +119,20 @@ def _n_shards(mesh) -> int:
     return 1 if mesh is None else int(mesh.shape[mesh.axis_names[0]])
 
 
+def _aligned_empty(shape) -> np.ndarray:
+    """An uninitialised float32 array on a 64-byte boundary, which a CPU device adopts without a copy (numpy's
+    16-byte alignment makes `device_put` copy: ~0.1 s for 200 MB)."""
+    size = math.prod(shape) * 4
+    raw = np.empty(size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + size].view(np.float32).reshape(shape)
+
+
 def _blocks(x: np.ndarray, block: int, n_shards: int, shift: np.ndarray | None = None):
     """Pads x (minus `shift`) to a multiple of block * n_shards rows, reshaped to [n_blocks, block, d], plus a mask."""
     n, d = x.shape
     n_blocks = -(-n // (block * n_shards * _BLOCK_BUCKET)) * n_shards * _BLOCK_BUCKET
-    padded = np.empty((n_blocks * block, d), np.float32)
+    padded = _aligned_empty((n_blocks * block, d))
     np.subtract(x, 0.0 if shift is None else shift, out=padded[:n])  # one pass over the data
     padded[n:] = 0.0
     valid = np.zeros(n_blocks * block, bool)
