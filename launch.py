@@ -48,12 +48,12 @@ def main(argv):
     if _multi_process():
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                    num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-    from oceansar import modes
+    from oceansar import apps
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("runs", config.name)
     logging.info("mode=%s workdir=%s devices=%d", _MODE.value, workdir, jax.device_count())
-    modes.MODES[_MODE.value](config, workdir)
+    apps.MODES[_MODE.value](config, workdir)
 
 
 if __name__ == "__main__":

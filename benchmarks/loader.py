@@ -38,7 +38,7 @@ def _make_source(args):
     if args.folder:
         from oceansar.data.folder import ImageFolderSource
         return ImageFolderSource(args.folder, image_size=args.image_size)
-    from oceansar.data.synthetic_wv import SyntheticWV
+    from oceansar.data.synthetic import SyntheticWV
     return SyntheticWV(args.num_samples, image_size=args.image_size, seed=0)
 
 

@@ -1,24 +1,27 @@
 r"""Benchmark: the two overheads of dynamic pruning, priced against the train step. Prints JSON.
 
-Everything is built as `oceansar.train.loop.run` builds it (`make_pretrain_source`, `make_policy`,
-`Budget.from_config`, `make_optimizer`, `init_state`, `sharding.replicate`, `make_train_step`,
-`sharding.shard_batch`, and the loop's pruning `embed` closure over `extract_features` with the
-teacher's CLS embedding), so the two figures are those a run of the recipe pays:
+Everything is built as `oceansar.train.loop.run` builds it, through the `Experiment` (`run_spec`,
+`make_pretrain_source`, `Pruner`, `Experiment.build`, `init_state`, `compile_train_step`,
+`sharding.shard_batch`), and a re-clustering is computed as the loop's epoch boundary computes it
+(`Pruner.plan`, the teacher's CLS embedding of `needs.embed` with `extract_features` at
+`config.pruning.embed_batch_size`, `Pruner.decide`), so the two figures are those a run of the
+recipe pays:
 
-1. Resampling: one re-clustering of the `cluster_balanced` policy (the teacher embeds M samples on
-   one centre view, hierarchical k-means, balanced sampling) against the training compute between
+1. Resampling: one re-clustering of the `cluster_balanced` policy (plan, the teacher embeds M samples
+   on one centre view, hierarchical k-means, balanced sampling) against the training compute between
    two re-clusterings, T_s pruned epochs = T_s * ceil(n_keep / batch_size) steps at the measured
    step time (goal <= 5%). It is timed once cold (the first re-clustering of a run, compilation
    included) and `--repeats` times warm (the steady state of a long run; each at another epoch, so
-   another random subset of M), split into teacher-embedding seconds and cluster+sample seconds,
-   with the XLA compilations each one triggers (counted from JAX's monitoring events).
+   another random subset of M), split into plan, teacher-embedding and decide (cluster+sample)
+   seconds, with the XLA compilations each one triggers (counted from JAX's monitoring events).
 2. Loss table: the on-device loss-statistics update against one train step (goal <= 1%). The step
-   is built with and without the update and both are timed on the same device-resident batch, in
-   interleaved windows of `--steps` steps (the machine may be shared: best and median of
-   `--repeats`); the fraction is (t_with - t_without) / t_with. `loss_stats.update` is also timed
-   alone, jitted, on the same shapes and shardings (table replicated, batch sharded): an upper bound,
-   since inside the step XLA fuses it with the rest. On a shared machine the differential's noise may
-   exceed the 1% limit; the goal's `met` is then null rather than a coin toss.
+   is compiled with and without the update (`compile_train_step(update_loss_stats=...)`) and both
+   are timed on the same device-resident batch, in interleaved windows of `--steps` steps (the
+   machine may be shared: best and median of `--repeats`); the fraction is (t_with - t_without) /
+   t_with. `loss_stats.update` is also timed alone, jitted, on the same shapes and shardings (table
+   replicated, batch sharded): an upper bound, since inside the step XLA fuses it with the rest. On a
+   shared machine the differential's noise may exceed the 1% limit; the goal's `met` is then null
+   rather than a coin toss.
 
     python -m benchmarks.pruning_overhead                          # configs/default.py, policy=cluster_balanced
     python -m benchmarks.pruning_overhead --subset_size=4096 --every_epochs=8
@@ -51,11 +54,9 @@ from ml_collections import config_flags  # noqa: E402
 from oceansar import sharding  # noqa: E402
 from oceansar.data import sources  # noqa: E402
 from oceansar.evals import features as features_lib  # noqa: E402
+from oceansar.experiment import Experiment, run_spec  # noqa: E402
 from oceansar.pruning import loss_stats, policies  # noqa: E402
-from oceansar.train import optimizer as optim_lib  # noqa: E402
-from oceansar.train import state as state_lib  # noqa: E402
-from oceansar.train import step as step_lib  # noqa: E402
-from oceansar.validate import validate  # noqa: E402
+from oceansar.spec import RunSpec  # noqa: E402
 
 RESAMPLE_GOAL = 0.05  # one re-clustering <= 5% of the training compute between two of them
 TABLE_GOAL = 0.01     # the loss-table update <= 1% of a train step
@@ -88,17 +89,14 @@ def _apply_flags(config) -> None:
                        ("--update_calls", _UPDATE_CALLS)):
         if flag.value < 1:
             raise ValueError(f"{name}: must be >= 1, got {flag.value}")
-    if policies.parse_policy(config.pruning.policy)[0] != "cluster_balanced":
-        raise ValueError(f"config.pruning.policy is {config.pruning.policy!r}: this benchmark prices the "
-                         "cluster_balanced re-clustering")
 
 
-def _batch(config, source, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _batch(spec: RunSpec, source, rng: np.random.Generator, image_dtype) -> dict[str, np.ndarray]:
     """This process's slice of one global batch of real pool records at random rows, as the pipeline yields it."""
-    local = config.batch_size // jax.process_count()
-    rows = rng.choice(len(source), config.batch_size, replace=False)
+    local = spec.batch_size // jax.process_count()
+    rows = rng.choice(len(source), spec.batch_size, replace=False)
     rows = rows[jax.process_index() * local:(jax.process_index() + 1) * local]
-    return {"image": np.stack([np.asarray(source[int(i)]["image"]) for i in rows]),
+    return {"image": np.stack([np.asarray(source[int(i)]["image"]) for i in rows]).astype(image_dtype, copy=False),
             "sample_id": rows.astype(np.int64),
             "weight": np.ones((local,), np.float32)}
 
@@ -127,40 +125,45 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def run(config) -> dict[str, Any]:
-    """Builds the recipe's pieces as the loop does, times both overheads; returns the JSON report."""
-    devices = config.num_devices or jax.device_count()
-    validate(config, num_devices=devices, process_count=jax.process_count())
-    mesh = sharding.make_mesh(config.num_devices or None)
+    """Builds the recipe's Experiment and pool as the loop does, times both overheads; returns the JSON report."""
+    spec = run_spec(config)
+    if spec.pruning.subset != "cluster_balanced":
+        raise ValueError(f"config.pruning.policy is {spec.pruning.policy!r}: this benchmark prices the "
+                         "cluster_balanced re-clustering")
+    devices = spec.num_devices or jax.device_count()
     t0 = time.perf_counter()
-    source = sources.make_pretrain_source(config.data, seed=config.seed)
+    source = sources.make_pretrain_source(spec.data, seed=spec.seed)
     source_s = time.perf_counter() - t0
-    pruner = policies.make_policy(config.pruning, num_samples=len(source), seed=config.seed,
-                                  total_examples=config.total_examples)
+    pruner = policies.Pruner(spec.pruning, num_samples=len(source), seed=spec.seed,
+                             total_examples=spec.total_examples)
     policy = pruner.subset
     if not isinstance(policy, policies.ClusterBalanced):
-        raise TypeError(f"make_policy gave a {type(policy).__name__} subset policy, not ClusterBalanced")
-    budget = step_lib.Budget.from_config(config)
-    tx = optim_lib.make_optimizer(config.optim)
-    graphdef, rest, state = state_lib.init_state(config, num_samples=len(source), tx=tx)
-    state = sharding.replicate(mesh, state)
-    steps = {flag: step_lib.make_train_step(graphdef, rest, tx, config, budget, update_loss_stats=flag)
-             for flag in (True, False)}
-    embed_cls = step_lib.make_embed_fn(graphdef, rest, config, features="cls")
-    batch = sharding.shard_batch(mesh, _batch(config, source, np.random.default_rng(config.seed)))
+        raise TypeError(f"Pruner gave a {type(policy).__name__} subset policy, not ClusterBalanced")
+    exp = Experiment.build(spec, num_samples=len(source))
+    mesh = exp.mesh
+    state = exp.init_state()
+    # The loop's choice: the pipeline serves uint8 as is and any float as float16.
+    image = np.asarray(source[0]["image"])
+    image_dtype = np.dtype(np.float16) if image.dtype.kind == "f" else image.dtype
+    batch = sharding.shard_batch(mesh, _batch(spec, source, np.random.default_rng(spec.seed), image_dtype))
 
     # Compile both steps and the lone update, then warm each up; the state is threaded through
     # every call (the steps donate it), as the loop threads it through its steps.
-    compile_s = {}
+    compile_s, steps = {}, {}
     per_sample = None
     for flag in (True, False):
+        name = "step_with_update" if flag else "step_without_update"
+        t0 = time.perf_counter()
+        steps[flag] = exp.compile_train_step(image_dtype, update_loss_stats=flag, log=False)
+        compile_s[name] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         state, _, per_sample = steps[flag](state, batch)
         jax.block_until_ready(state)
-        compile_s["step_with_update" if flag else "step_without_update"] = round(time.perf_counter() - t0, 3)
+        compile_s[f"{name}_first_call"] = round(time.perf_counter() - t0, 3)
         for _ in range(_WARMUP.value - 1):
             state, _, per_sample = steps[flag](state, batch)
         jax.block_until_ready(state)
-    update = jax.jit(functools.partial(loss_stats.update, momentum=config.pruning.loss_stats_momentum),
+    update = jax.jit(functools.partial(loss_stats.update, momentum=spec.pruning.loss_stats_momentum),
                      donate_argnums=(0,))
     table = sharding.replicate(mesh, loss_stats.init(len(source)))
     # A copy of the step counter: the state's own is donated by the next train step.
@@ -191,42 +194,42 @@ def run(config) -> dict[str, Any]:
     if not np.isfinite(final_loss):
         raise FloatingPointError(f"train step produced loss {final_loss}: the timing is of a broken step")
 
-    # The loop's `signals()["embed"]`, timed: the teacher is the state's after the steps above.
-    embed_seconds: list[float] = []
-
-    def embed(indices):
-        t = time.perf_counter()
-        out = features_lib.extract_features(
-            lambda images: embed_cls(state.teacher, images), source,
-            batch_size=config.eval.batch_size, indices=indices, mesh=mesh,
-            desc="pruning embed")["features"]
-        out = np.asarray(out)
-        embed_seconds.append(time.perf_counter() - t)
-        return out
-
+    # The loop's epoch boundary (`oceansar.train.loop._next_epoch`), timed; the teacher is the state's
+    # after the steps above, and the epoch starts once the warm-up T_w is seen.
+    embed = exp.embed_fn("cls")
+    examples_seen = spec.pruning.warmup_examples
     compiles = _CompileCounter()
 
     def resample(epoch: int) -> dict[str, Any]:
-        embed_seconds.clear()
         compiles.reset()
         t = time.perf_counter()
-        selection = policy.select(epoch, examples_seen=policy.warmup_examples, embed=embed, previous=None)
-        total = time.perf_counter() - t
-        if policy.last_resampling is None or len(embed_seconds) != 1:
-            raise RuntimeError(f"epoch {epoch}: the policy did not re-cluster once (embed calls: "
-                               f"{len(embed_seconds)})")
-        return {"epoch": epoch, "kept": len(selection), "total": total, "embed": embed_seconds[0],
-                "cluster_sample": total - embed_seconds[0], "compiles": compiles.count,
-                "compile_s": compiles.seconds}
+        needs = pruner.plan(epoch, examples_seen, last_resampling_epoch=None)
+        t_plan = time.perf_counter()
+        if needs.embed is None:
+            raise RuntimeError(f"epoch {epoch}: the policy planned no re-clustering")
+        embeddings = features_lib.extract_features(
+            lambda images: embed(state.teacher, images), source, batch_size=spec.pruning.embed_batch_size,
+            indices=needs.embed, mesh=mesh, desc="pruning embed")["features"]
+        table_host = jax.device_get(state.loss_stats) if needs.loss_table else None
+        t_embed = time.perf_counter()
+        decision = pruner.decide(epoch, examples_seen, previous=None, last_resampling_epoch=None,
+                                 embeddings=embeddings, loss_table=table_host)
+        t_end = time.perf_counter()
+        if decision.report is None:
+            raise RuntimeError(f"epoch {epoch}: the policy did not re-cluster")
+        return {"epoch": epoch, "kept": len(decision.subset), "embedded": int(needs.embed.size),
+                "total": t_end - t, "plan": t_plan - t, "embed": t_embed - t_plan, "cluster_sample": t_end - t_embed,
+                "compiles": compiles.count, "compile_s": compiles.seconds}
 
+    every = spec.pruning.every_epochs
     first_epoch = 1
     cold = resample(first_epoch)
-    warm = [resample(first_epoch + (r + 1) * policy.every_epochs) for r in range(_REPEATS.value)]
+    warm = [resample(first_epoch + (r + 1) * every) for r in range(_REPEATS.value)]
 
     step_with, step_without = _stats(windows[True]), _stats(windows[False])
     lone = _stats(update_windows)
-    steps_per_epoch = math.ceil(policy.n_keep / config.batch_size)
-    steps_between = policy.every_epochs * steps_per_epoch
+    steps_per_epoch = math.ceil(policy.n_keep / spec.batch_size)
+    steps_between = every * steps_per_epoch
     between = {k: steps_between * step_with[k] for k in ("best", "median")}
     warm_total = _stats([w["total"] for w in warm])
     resample_fraction = {"warm_best": warm_total["best"] / between["best"],
@@ -257,12 +260,12 @@ def run(config) -> dict[str, Any]:
         "device": {"platform": device.platform, "device_kind": device.device_kind, "num_devices": devices,
                    "process_count": jax.process_count(), "jax": jax.__version__},
         "settings": {
-            "recipe": config.name, "policy": config.pruning.policy, "variant": config.model.variant,
-            "dtype": str(config.model.dtype), "N": len(source), "M": policy.subset_size,
-            "rho": policy.rho, "n_keep": policy.n_keep, "T_s": policy.every_epochs,
-            "batch_size": config.batch_size, "n_clusters": list(policy.n_clusters),
-            "n_resamples": policy.n_resamples, "eta": policy.eta,
-            "embed_batch_size": config.eval.batch_size, "steps_per_pruned_epoch": steps_per_epoch,
+            "recipe": spec.name, "policy": spec.pruning.policy, "variant": spec.model.variant,
+            "dtype": spec.model.dtype, "N": len(source), "M": policy.subset_size,
+            "rho": spec.pruning.rho, "n_keep": policy.n_keep, "T_s": every,
+            "batch_size": spec.batch_size, "n_clusters": list(spec.pruning.n_clusters),
+            "n_resamples": spec.pruning.n_resamples, "eta": spec.pruning.eta,
+            "embed_batch_size": spec.pruning.embed_batch_size, "steps_per_pruned_epoch": steps_per_epoch,
             "steps_between_resamplings": steps_between,
         },
         "setup_s": {"source_build": round(source_s, 3), **compile_s},
@@ -272,12 +275,14 @@ def run(config) -> dict[str, Any]:
         "table_update": {"lone_update_s": lone | {"calls_per_window": _UPDATE_CALLS.value},
                          "fraction_of_step": rounded(table_fraction)},
         "resampling": {
-            "cold_s": rounded({k: cold[k] for k in ("total", "embed", "cluster_sample", "compile_s")}),
-            "warm_s": {"total": warm_total, "embed": _stats([w["embed"] for w in warm]),
+            "cold_s": rounded({k: cold[k] for k in ("total", "plan", "embed", "cluster_sample", "compile_s")}),
+            "warm_s": {"total": warm_total, "plan": _stats([w["plan"] for w in warm]),
+                       "embed": _stats([w["embed"] for w in warm]),
                        "cluster_sample": _stats([w["cluster_sample"] for w in warm]),
                        "compile_s": _stats([w["compile_s"] for w in warm])},
             "xla_compiles": [cold["compiles"]] + [w["compiles"] for w in warm],
             "epochs": [cold["epoch"]] + [w["epoch"] for w in warm],
+            "embedded": [cold["embedded"]] + [w["embedded"] for w in warm],
             "kept": [cold["kept"]] + [w["kept"] for w in warm],
             "train_s_between_resamplings": rounded(between),
             "fraction_of_training_between": rounded(resample_fraction),
@@ -294,14 +299,18 @@ def run(config) -> dict[str, Any]:
                       "value_lone_update_median": round(table_fraction["lone_update_median"], 6),
                       "lone_update_met": table_fraction["lone_update_median"] <= TABLE_GOAL},
         },
-        "notes": ("resampling fractions: warm_best = best re-clustering / (steps_between * best step), "
-                  "warm_median likewise with medians, cold = first (compiling) re-clustering / (steps_between "
-                  "* median step); steps are the step with the table update; compile_s and xla_compiles: XLA "
-                  "compilations inside each re-clustering (part of its seconds). Table fractions: differential = "
-                  "(t_with - t_without) / t_with from the best windows, the median windows, and paired (median over "
-                  "repeats of each repeat's adjacent windows, with its standard error: the goal's met is null when the "
-                  "limit lies within 2 stderr of it, i.e. this run's timing noise cannot decide); lone_update = the "
-                  "jitted update alone (dispatch included, no fusion) / t_with, an upper bound."),
+        "notes": ("resampling fractions: warm_best = best re-clustering / (steps_between * best step), warm_median "
+                  "likewise with medians, cold = first (compiling) re-clustering / (steps_between * median step); "
+                  "steps are the step with the table update; a re-clustering's seconds split into plan "
+                  "(Pruner.plan), embed (extract_features of the planned indices with the teacher's CLS embedding, "
+                  "plus the loss table's fetch when the policy reads it) and cluster_sample (Pruner.decide); "
+                  "compile_s and xla_compiles: XLA compilations inside each re-clustering (part of its seconds). "
+                  "setup_s: compile_train_step seconds of each step, then its first call. Table fractions: "
+                  "differential = (t_with - t_without) / t_with from the best windows, the median windows, and "
+                  "paired (median over repeats of each repeat's adjacent windows, with its standard error: the "
+                  "goal's met is null when the limit lies within 2 stderr of it, i.e. this run's timing noise "
+                  "cannot decide); lone_update = the jitted update alone (dispatch included, no fusion) / t_with, "
+                  "an upper bound."),
     }
 
 

@@ -1,19 +1,21 @@
 r"""Benchmark: throughput, model FLOPs and MFU of the real DINO train step. Prints JSON.
 
-The step is built exactly as `oceansar.train.loop` builds it (`init_state`, `sharding.replicate`,
-`make_train_step`, `sharding.shard_batch`) and fed one synthetic uint8 batch that stays on the
-device, so the timing covers the whole jitted step (multi-crop, student and teacher, loss, AdamW,
-EMA, loss statistics) and nothing of the host pipeline. Lowering and compilation are timed apart
-from the steps; steps are dispatched back to back as in the loop and timed with
-`jax.block_until_ready` over `--steps` steps, `--repeats` times (best and median reported: the
-machine may be shared).
+The step is built exactly as `oceansar.train.loop` builds it, through the `Experiment`
+(`run_spec`, `Experiment.build`, `init_state`, `compile_train_step`, `sharding.shard_batch`), and fed
+one synthetic uint8 batch that stays on the device, so the timing covers the whole compiled step
+(multi-crop, student and teacher, loss, AdamW, EMA, loss statistics) and nothing of the host
+pipeline. Tracing + lowering and XLA compilation are timed apart from the steps (the split of
+`compile_train_step`'s seconds comes from JAX's backend-compile monitoring event); steps are
+dispatched back to back as in the loop and timed with `jax.block_until_ready` over `--steps` steps,
+`--repeats` times (best and median reported: the machine may be shared).
 
 FLOPs are model FLOPs from `oceansar.flops` (matmuls only, 2 per multiply-accumulate; the formula
-is in the JSON), cross-checked against an exact count of the traced program's matmuls (forward and
-backward as traced, multi-crop resampling included) and against XLA's own `cost_analysis()`
-(every op, elementwise included). MFU divides the achieved rate by the device's dense bf16 peak
-when `oceansar.flops.PEAK_TFLOPS` knows the device; on a CPU it is null and the step is compared with a large
-matmul timed in the same run instead.
+is in the JSON), cross-checked against an exact count of the traced program's matmuls (the
+Experiment's pure step traced on its abstract state and batch: forward and backward as traced,
+multi-crop resampling included) and against XLA's own `cost_analysis()` of the compiled step
+(`oceansar.experiment.program_report`: every op, elementwise included). MFU divides the achieved
+rate by the device's dense bf16 peak when `oceansar.flops.PEAK_TFLOPS` knows the device; on a CPU it
+is null and the step is compared with a large matmul timed in the same run instead.
 
     python -m benchmarks.train_step                                   # configs/default.py (mu/8)
     python -m benchmarks.train_step --variant=S/16 --global_size=224 --local_size=96 --n_local=8 \
@@ -41,13 +43,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from jax import monitoring  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from oceansar import flops, sharding  # noqa: E402
-from oceansar.train import optimizer as optim_lib  # noqa: E402
-from oceansar.train import state as state_lib  # noqa: E402
+from oceansar.experiment import Experiment, program_report, run_spec  # noqa: E402
+from oceansar.spec import RunSpec  # noqa: E402
 from oceansar.train import step as step_lib  # noqa: E402
-from oceansar.validate import validate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_ROOT / "configs" / "default.py"), "Recipe file, optionally with ':arg'.", lock_config=False)
@@ -90,6 +92,7 @@ def _apply_flags(config) -> dict[str, Any]:
         notes["image_size"] = (f"raised from the config's {config.data.image_size} to the global crop side "
                                f"{config.crops.global_size}")
         config.data.image_size = config.crops.global_size
+    config.num_devices = _NUM_DEVICES.value
     for name, flag in (("--steps", _STEPS), ("--repeats", _REPEATS)):
         if flag.value < 1:
             raise ValueError(f"{name}: must be >= 1, got {flag.value}")
@@ -98,42 +101,31 @@ def _apply_flags(config) -> dict[str, Any]:
     return notes
 
 
-def _synthetic_batch(config, rng) -> dict:
+def _synthetic_batch(spec: RunSpec, rng) -> dict:
     """This process's slice of one global batch of uint8 images, as the Grain pipeline yields it."""
-    local = config.batch_size // jax.process_count()
-    size, channels = config.data.image_size, config.model.in_channels
+    local = spec.batch_size // jax.process_count()
+    size, channels = spec.data.image_size, spec.model.in_channels
     first = jax.process_index() * local
     return {
         "image": rng.integers(0, 256, (local, size, size, channels), dtype=np.uint8),
-        "sample_id": (np.arange(first, first + local) % config.data.num_samples).astype(np.int64),
+        "sample_id": (np.arange(first, first + local) % spec.data.num_samples).astype(np.int64),
         "weight": np.ones((local,), np.float32),
     }
 
 
-def _cost_flops(compiled) -> float | None:
-    """XLA's flop estimate of one device's program, when the backend provides one."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - backends without cost analysis raise assorted errors
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    if not cost or "flops" not in cost:
-        return None
-    return float(cost["flops"])
+class _CompileSeconds:
+    """Seconds of XLA backend compilation reported by JAX's monitoring events while active."""
 
+    EVENT = "/jax/core/compile/backend_compile_duration"
 
-def _memory(compiled) -> dict[str, int] | None:
-    """Per-device buffer sizes from XLA's buffer assignment, when the backend provides them."""
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - as above
-        return None
-    if stats is None:
-        return None
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-              "generated_code_size_in_bytes", "peak_memory_in_bytes")
-    return {f: int(getattr(stats, f)) for f in fields if getattr(stats, f, None) is not None}
+    def __init__(self):
+        self.seconds, self.active = 0.0, False
+        monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event: str, duration: float, **kwargs) -> None:
+        del kwargs
+        if self.active and event == self.EVENT:
+            self.seconds += duration
 
 
 def matmul_ceiling(n: int, dtype, *, repeats: int = 5) -> float:
@@ -152,29 +144,29 @@ def matmul_ceiling(n: int, dtype, *, repeats: int = 5) -> float:
 
 
 def run(config, notes: dict[str, Any]) -> dict[str, Any]:
-    """Builds, compiles and times the train step of `config`; returns the JSON report."""
-    num_devices = _NUM_DEVICES.value or jax.device_count()
-    validate(config, num_devices=num_devices, process_count=jax.process_count())
-    mesh = sharding.make_mesh(_NUM_DEVICES.value or None)
-    budget = step_lib.Budget.from_config(config)
-    tx = optim_lib.make_optimizer(config.optim)
-    graphdef, rest, state = state_lib.init_state(config, num_samples=config.data.num_samples, tx=tx)
+    """Builds, compiles and times the train step of `config` through its Experiment; returns the JSON report."""
+    spec = run_spec(config)
+    num_devices = spec.num_devices or jax.device_count()
+    exp = Experiment.build(spec, num_samples=spec.data.num_samples)
+    state = exp.init_state()
     nlayers = len(state.params["head"]["mlp"])
-    state = sharding.replicate(mesh, state)
-    train_step = step_lib.make_train_step(graphdef, rest, tx, config, budget)
-    batch = sharding.shard_batch(mesh, _synthetic_batch(config, np.random.default_rng(0)))
+    batch = sharding.shard_batch(exp.mesh, _synthetic_batch(spec, np.random.default_rng(0)))
 
+    compile_seconds = _CompileSeconds()
+    compile_seconds.active = True
     t0 = time.perf_counter()
-    traced = train_step.trace(state, batch)
-    lowered = traced.lower()
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    xla_flops_per_device = _cost_flops(compiled)
-    memory = _memory(compiled)
-    traced_matmul_flops = flops.jaxpr_matmul_flops(traced.jaxpr)
+    train_step = exp.compile_train_step(np.uint8, log=False)
+    compile_total_s = time.perf_counter() - t0
+    compile_seconds.active = False
+    report = program_report(train_step)
+    xla_flops_per_device = report.get("flops")
+    memory = {k: v for k, v in report.items() if k != "flops"} or None
+    # The same pure step the Experiment compiled, traced on the same abstract state and batch.
+    pure_step = step_lib.make_train_step(exp.graphdef, exp.rest, exp.tx, spec, exp.budget)
+    jaxpr = jax.make_jaxpr(pure_step)(exp.abstract_state, exp.batch_spec(np.uint8))
+    traced_matmul_flops = flops.jaxpr_matmul_flops(jaxpr)
 
-    # The loop's own call path; the jit cache holds the executable compiled above.
+    # The loop's own call path: the AOT-compiled step, state donated.
     t3 = time.perf_counter()
     state, metrics, _ = train_step(state, batch)
     jax.block_until_ready(state)
@@ -196,41 +188,40 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
 
     device = jax.devices()[0]
     platform = device.platform
-    b = config.batch_size
-    analytic = flops.dino_step_flops(config.model, config.crops, nlayers=nlayers)
-    augment = flops.multicrop_flops(config.crops, image_size=config.data.image_size,
-                                    in_channels=config.model.in_channels)
+    b = spec.batch_size
+    analytic = flops.dino_step_flops(spec.model, spec.crops, nlayers=nlayers)
+    augment = flops.multicrop_flops(spec.crops, image_size=spec.data.image_size, in_channels=spec.model.in_channels)
     step_s_best, step_s_median = min(windows), statistics.median(windows)
     achieved = analytic["total"] * b / step_s_best / 1e12
     peak = flops.peak_tflops(device.device_kind)
-    ceiling_dtype = jnp.float32 if platform == "cpu" else jnp.dtype(config.model.dtype)
+    ceiling_dtype = jnp.float32 if platform == "cpu" else jnp.dtype(spec.model.dtype)
     ceiling_n = _CEILING.value or (2048 if platform == "cpu" else 8192)
     ceiling = matmul_ceiling(ceiling_n, ceiling_dtype)
     # CPU "devices" share the host's cores, so their ceiling is the host's; accelerators add up.
     ceiling_total = ceiling if platform == "cpu" else ceiling * num_devices
     xla_per_sample = None if xla_flops_per_device is None else xla_flops_per_device * num_devices / b
 
-    c = config.crops
+    c = spec.crops
     return {
         "benchmark": "train_step",
         "config": {
-            "recipe": config.name,
-            "variant": config.model.variant,
-            "dtype": str(config.model.dtype),
+            "recipe": spec.name,
+            "variant": spec.model.variant,
+            "dtype": spec.model.dtype,
             "batch_size": b,
-            "image_size": config.data.image_size,
-            "in_channels": config.model.in_channels,
+            "image_size": spec.data.image_size,
+            "in_channels": spec.model.in_channels,
             "crops": {"n_global": c.n_global, "global_size": c.global_size, "n_local": c.n_local,
                       "local_size": c.local_size},
-            "head": {"hidden_dim": config.model.hidden_dim, "bottleneck_dim": config.model.bottleneck_dim,
-                     "out_dim": config.model.out_dim, "nlayers": nlayers},
+            "head": {"hidden_dim": spec.model.hidden_dim, "bottleneck_dim": spec.model.bottleneck_dim,
+                     "out_dim": spec.model.out_dim, "nlayers": nlayers},
             "notes": notes,
         },
         "device": {"platform": platform, "device_kind": device.device_kind, "num_devices": num_devices,
                    "process_count": jax.process_count(), "jax": jax.__version__},
         "timing": {
-            "trace_lower_s": round(t1 - t0, 3),
-            "compile_s": round(t2 - t1, 3),
+            "trace_lower_s": round(compile_total_s - compile_seconds.seconds, 3),
+            "compile_s": round(compile_seconds.seconds, 3),
             "first_call_s": round(first_call_s, 4),
             "steps_per_repeat": _STEPS.value,
             "repeats": _REPEATS.value,

@@ -9,7 +9,7 @@ seen, continuing from one shared full-data warm-up per seed (T_w, ended at an ep
 data, a random subset redrawn every epoch, a static SemDeDup subset and a static hierarchical-k-means
 subset (both curated once from the warm-up teacher's embeddings), OceanSAR-1's dynamic
 cluster-balanced pruning, and the same with InfoBatch inside the balanced subsets. Each run is
-evaluated identically every `eval.every_examples` and at the end; `<workdir>/results.md` tables the
+evaluated identically every `evals.<name>.every_examples` and at the end; `<workdir>/results.md` tables the
 final numbers (mean ± std over seeds) and `accuracy.png` / `class_mix.png` draw the curves and the
 hidden class mix each method trained on. Rerunning the command resumes: finished runs are read back,
 an interrupted one continues from its checkpoint.
@@ -34,8 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_examples *= scale
     c.pruning.warmup_examples *= scale
     c.pruning.subset_size *= scale
-    c.eval.every_examples *= scale
-    c.eval.at_init = False          # the random-init reference is evaluated once per seed
+    for e in c.evals.values():
+        e.every_examples *= scale
+    c.eval_at_init = False          # the random-init reference is evaluated once per seed
     c.progress = False              # one line per run instead of a bar per run
 
     c.compare = dict(
@@ -69,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.pruning.rho = 0.5
         c.pruning.n_clusters = (8, 2)
         c.pruning.n_resamples = 1
-        c.eval.every_examples = 16 * 8
+        c.evals.wv.every_examples = 16 * 8
         c.compare.curate_hkmeans.hkmeans.n_clusters = (8, 2)
         c.compare.curate_semdedup.semdedup.n_clusters = 4
         # A few steps of a tiny net leave near-identical embeddings (median cosine ~0.999).

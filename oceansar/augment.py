@@ -27,7 +27,9 @@ _N_UNIFORMS = 2 * _MAX_TRIES + 10
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MultiCropSpec:
-    """Static description of DINO multi-crop; hashable, so it can be a static jit argument.
+    """Static description of DINO multi-crop (`config.crops`); hashable, so it can be a static jit argument.
+
+    No field has a default: the recipes in `configs/` hold them.
 
     Attributes:
         global_size: side of the square global crops (224 in DINO).
@@ -52,20 +54,20 @@ class MultiCropSpec:
     global_size: int
     local_size: int
     n_local: int
-    n_global: int = 2
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bicubic"
-    flip_p: float = 0.5
-    vflip_p: float = 0.5
-    rot90: bool = True
-    jitter_p: float = 0.8
-    db_offset: float = 0.4
-    contrast: tuple[float, float] = (0.6, 1.4)
-    blur_p_global: tuple[float, ...] = (1.0, 0.1)
-    blur_p_local: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    n_global: int
+    global_scale: tuple[float, float]
+    local_scale: tuple[float, float]
+    ratio: tuple[float, float]
+    interpolation: str
+    flip_p: float
+    vflip_p: float
+    rot90: bool
+    jitter_p: float
+    db_offset: float
+    contrast: tuple[float, float]
+    blur_p_global: tuple[float, ...]
+    blur_p_local: float
+    blur_sigma: tuple[float, float]
 
     def __post_init__(self):
         # Configs hand over lists; tuples keep the spec hashable (a static jit argument).
@@ -73,7 +75,7 @@ class MultiCropSpec:
             object.__setattr__(self, field, tuple(float(v) for v in getattr(self, field)))
 
         def fail(field, why):
-            raise ValueError(f"MultiCropSpec.{field}: {why}, got {getattr(self, field)!r}")
+            raise ValueError(f"{field}: {why}, got {getattr(self, field)!r}")
 
         for field in ("global_size", "local_size", "n_global"):
             if int(getattr(self, field)) < 1:
@@ -253,6 +255,15 @@ def multicrop(key: jax.Array, images: jax.Array, spec: MultiCropSpec) -> tuple[j
     locals_ = _crop_stack(u[spec.n_global:], images, spec.local_size, spec.local_scale,
                           jnp.full((spec.n_local,), spec.blur_p_local, jnp.float32), spec)
     return globals_, locals_
+
+
+def standardize(image: jax.Array, *, mean: float, std: float) -> jax.Array:
+    """Source pixels (uint8, or float already in [0, 1]) to standardised float32."""
+    x = jnp.asarray(image)
+    scaled = x.astype(jnp.float32)
+    if x.dtype == jnp.uint8:
+        scaled = scaled / 255.0
+    return (scaled - mean) / std
 
 
 @functools.partial(jax.jit, static_argnames=("size", "crop_fraction", "interpolation"))

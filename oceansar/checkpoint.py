@@ -1,8 +1,8 @@
 """Orbax checkpoints of a training run: one composite item per save.
 
 A save holds everything needed to continue exactly: the train state (student, teacher, optimizer,
-centre, loss statistics, rng), the Grain iterator position inside the current epoch, the pruning
-state (the epoch's Selection and policy arrays), and a small JSON record (epoch, examples seen).
+centre, loss statistics, rng), the Grain iterator position inside the current epoch, and the loop's
+run state (`oceansar.train.run_state.RunState`: counters, the epoch's Selection, pruning reports).
 Saves are asynchronous and atomic (Orbax commits a step only once it is fully written), so a run
 killed at any moment restarts from the last committed step. A step whose train state is not
 finite is never saved: the caller checks first and `save` refuses otherwise.
@@ -38,23 +38,21 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, *, state: Any, data_iterator: grain.DatasetIterator,
-             pruning: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+             run: dict[str, np.ndarray]) -> bool:
         """Starts an asynchronous save of `step`; returns False if that step already exists."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
-            pruning=ocp.args.StandardSave({k: np.asarray(v) for k, v in pruning.items()}),
-            meta=ocp.args.JsonSave(meta))
+            run=ocp.args.StandardSave({k: np.asarray(v) for k, v in run.items()}))
         saved = self._manager.save(step, args=args)
         if not saved:
             logging.info("checkpoint step %d already exists; not overwritten", step)
         return saved
 
-    def restore_meta(self, step: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The JSON record and the pruning arrays of `step` (read before the data iterator exists)."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore(), pruning=ocp.args.StandardRestore()))
-        return dict(restored.meta), {k: np.asarray(v) for k, v in restored.pruning.items()}
+    def restore_run(self, step: int) -> dict[str, np.ndarray]:
+        """The run-state arrays of `step` (read before the data iterator exists)."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(run=ocp.args.StandardRestore()))
+        return {k: np.asarray(v) for k, v in restored.run.items()}
 
     def restore_state(self, step: int, *, abstract_state: Any,
                       data_iterator: grain.DatasetIterator | None = None) -> Any:

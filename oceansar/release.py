@@ -2,8 +2,9 @@
 
 A release directory holds `model.json` (the ViT's constructor arguments, the input standardisation
 and the training config's name) and `params/`, an Orbax checkpoint of the backbone parameters as a
-pure nested dict. `load(path)` rebuilds the `ViT` and returns it ready for feature extraction or
-fine-tuning with any JAX/Flax training code.
+pure nested dict. `load(path)` rebuilds the `ViT` and returns it ready for feature extraction (with
+`oceansar.embedding.make_embed_fn` and the spec's input scale) or fine-tuning with any JAX/Flax
+training code; `load_params` reads the weights alone into a given structure (`config.init_from`).
 """
 from __future__ import annotations
 
@@ -19,22 +20,23 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from oceansar.models.vit import ViT
+from oceansar.spec import RunSpec
 
 
-def _model_spec(config) -> dict[str, Any]:
+def _model_spec(run: RunSpec) -> dict[str, Any]:
     return {
-        "variant": config.model.variant,
-        "img_size": config.crops.global_size,
-        "in_channels": config.model.in_channels,
-        "input_mean": config.data.mean,
-        "input_std": config.data.std,
+        "variant": run.model.variant,
+        "img_size": run.crops.global_size,
+        "in_channels": run.model.in_channels,
+        "input_mean": run.data.mean,
+        "input_std": run.data.std,
         "input_scale": "uint8 pixels / 255, then (x - input_mean) / input_std",
         "features": "cls",
-        "recipe": config.name,
+        "recipe": run.name,
     }
 
 
-def export(path: str | pathlib.Path, *, teacher_params: nnx.State, config) -> pathlib.Path:
+def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec) -> pathlib.Path:
     """Writes the teacher backbone (its head dropped) and its model spec to `path`."""
     path = pathlib.Path(path).absolute()
     if path.exists():
@@ -44,8 +46,39 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, config) -> pa
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", backbone)
         ckptr.wait_until_finished()
-    (path / "model.json").write_text(json.dumps(_model_spec(config), indent=2))
+    (path / "model.json").write_text(json.dumps(_model_spec(spec), indent=2))
     return path
+
+
+def _read_spec(path: pathlib.Path, field: str) -> dict[str, Any]:
+    spec_file = path / "model.json"
+    if not spec_file.exists():
+        raise FileNotFoundError(f"{field}: {spec_file} not found: not an oceansar release directory")
+    return json.loads(spec_file.read_text())
+
+
+def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = "release") -> dict[str, Any]:
+    """The released backbone's weights as a pure dict shaped like `like` (a backbone's pure dict).
+
+    Raises:
+      ValueError: naming `field` and the first tensor whose shape differs (another variant, image size
+        or channel count), before anything is read.
+    """
+    path = pathlib.Path(path).absolute()
+    _read_spec(path, field)
+    with ocp.StandardCheckpointer() as ckptr:
+        stored = ckptr.metadata(path / "params")
+        stored = getattr(stored, "item_metadata", stored)
+        have_by_key = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+        for key, want in jax.tree_util.tree_flatten_with_path(like)[0]:
+            have = have_by_key.get(jax.tree_util.keystr(key))
+            if have is None:
+                raise ValueError(f"{field}: {path} has no tensor {jax.tree_util.keystr(key)} (another variant?)")
+            if tuple(want.shape) != tuple(have.shape):
+                raise ValueError(f"{field}: {path} holds {jax.tree_util.keystr(key)} of shape {tuple(have.shape)}, "
+                                 f"this model needs {tuple(want.shape)}")
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        return ckptr.restore(path / "params", target)
 
 
 def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
@@ -56,10 +89,7 @@ def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
       (variant, input standardisation). Call `vit(x)["cls"]` on standardised [B,H,W,C] images.
     """
     path = pathlib.Path(path).absolute()
-    spec_file = path / "model.json"
-    if not spec_file.exists():
-        raise FileNotFoundError(f"{spec_file} not found: not an oceansar release directory")
-    spec = json.loads(spec_file.read_text())
+    spec = _read_spec(path, "release")
     vit = ViT(spec["variant"], img_size=spec["img_size"], in_channels=spec["in_channels"],
               rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(vit, nnx.Param)
@@ -70,9 +100,3 @@ def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
     nnx.update(vit, params)
     return vit, spec
 
-
-def standardize(images: np.ndarray | jax.Array, spec: dict[str, Any]) -> jax.Array:
-    """Source pixels (uint8, or float in [0, 1]) to the released model's input scale."""
-    x = jnp.asarray(images)
-    scaled = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-    return (scaled - spec["input_mean"]) / spec["input_std"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from oceansar.data.cache import InMemorySource
-from oceansar.data.synthetic_wv import SyntheticWV
+from oceansar.data.synthetic import SyntheticWV
 
 
 def _same(a, b):

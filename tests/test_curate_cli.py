@@ -14,7 +14,7 @@ import launch
 from configs import default
 from curation import dedup, io as curation_io
 from oceansar import curate as curate_lib, embed as embed_lib, release, sharding
-from oceansar.data.synthetic_wv import SyntheticWV
+from oceansar.data.synthetic import SyntheticWV
 from oceansar.train import optimizer as optim_lib, state as state_lib
 
 POOL = 200  # not a multiple of the batch: the last batch is padded

@@ -41,7 +41,7 @@ def test_lloyd_matches_numpy_reference(data, block_size):
 def test_centroid_tiles_match_single_tile(data, monkeypatch):
     c0 = data[:11].copy()
     whole = km.kmeans(data, 11, n_iters=2, init=c0, block_size=64)
-    monkeypatch.setattr(km, "_MAX_TILE_K", 4)  # 11 centroids -> 3 tiles, the last one padded
+    monkeypatch.setattr(km.search, "_MAX_TILE_K", 4)  # 11 centroids -> 3 tiles, the last one padded
     tiled = km.kmeans(data, 11, n_iters=2, init=c0, block_size=64)
     np.testing.assert_array_equal(tiled.assignment, whole.assignment)
     np.testing.assert_allclose(tiled.centroids, whole.centroids, atol=1e-6)
@@ -111,7 +111,7 @@ def test_bad_inputs(data):
 
 @pytest.mark.parametrize("max_tile", [4096, 7])  # one centroid tile, and 60 centroids in 9 tiles (merged top-2)
 def test_bfloat16_screening_rescores_exactly(max_tile, monkeypatch):
-    monkeypatch.setattr(km, "_MAX_TILE_K", max_tile)
+    monkeypatch.setattr(km.search, "_MAX_TILE_K", max_tile)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1000, 32)).astype(np.float32)
     c = x[rng.choice(1000, 60, replace=False)] + 0.1
@@ -160,7 +160,7 @@ def test_seeding_finds_separated_blobs(init):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("max_tile", [4096, 48])  # one centroid tile, and 100 centroids in 3 merged tiles
 def test_second_best_bound_holds(dtype, max_tile, monkeypatch):
-    monkeypatch.setattr(km, "_MAX_TILE_K", max_tile)
+    monkeypatch.setattr(km.search, "_MAX_TILE_K", max_tile)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((700, 24)).astype(np.float32)
     c = rng.standard_normal((100, 24)).astype(np.float32) * 0.5
@@ -179,7 +179,7 @@ def test_second_best_bound_holds(dtype, max_tile, monkeypatch):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("n_moved,max_tile", [(70, 4096), (230, 96)])  # widths of 2/5 of K in one tile, 4/5 in 3
 def test_moved_pass_agrees_with_full_pass(dtype, n_moved, max_tile, monkeypatch):
-    monkeypatch.setattr(km, "_MAX_TILE_K", max_tile)
+    monkeypatch.setattr(km.search, "_MAX_TILE_K", max_tile)
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.standard_normal((8, 256, 16)).astype(np.float32))
     c = rng.standard_normal((300, 16)).astype(np.float32)
@@ -214,7 +214,7 @@ def _skip_fixture():
 def test_lloyd_with_skipped_work_matches_numpy(dtype, monkeypatch):
     # 300 clusters of 2400 points: after the first iterations only some centroids move, so the fit takes the
     # moved-centroid pass and the incremental member sums; the result must still be plain Lloyd's.
-    monkeypatch.setattr(km, "_SKIP_MIN_WORK", 0)
+    monkeypatch.setattr(km.lloyd, "_SKIP_MIN_WORK", 0)
     x, c0 = _skip_fixture()
     res = km.kmeans(x, 300, n_iters=8, init=c0, compute_dtype=dtype)
     c, a, d = _numpy_lloyd(x, c0, 8)
@@ -229,7 +229,7 @@ def test_lloyd_with_skipped_work_matches_numpy(dtype, monkeypatch):
 
 
 def test_lloyd_with_skipped_work_sharded_equals_unsharded(monkeypatch):
-    monkeypatch.setattr(km, "_SKIP_MIN_WORK", 0)
+    monkeypatch.setattr(km.lloyd, "_SKIP_MIN_WORK", 0)
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     x, c0 = _skip_fixture()
     single = km.kmeans(x, 300, n_iters=8, init=c0, compute_dtype=jnp.bfloat16)
@@ -237,7 +237,7 @@ def test_lloyd_with_skipped_work_sharded_equals_unsharded(monkeypatch):
     np.testing.assert_array_equal(sharded.assignment, single.assignment)
     np.testing.assert_allclose(sharded.centroids, single.centroids, atol=1e-5)
     skipping = km.kmeans(x, 300, n_iters=8, init=c0)
-    monkeypatch.setattr(km, "_SKIP_MIN_WORK", 1 << 62)  # plain Lloyd: the same fit
+    monkeypatch.setattr(km.lloyd, "_SKIP_MIN_WORK", 1 << 62)  # plain Lloyd: the same fit
     plain = km.kmeans(x, 300, n_iters=8, init=c0)
     np.testing.assert_array_equal(skipping.assignment, plain.assignment)
     np.testing.assert_allclose(skipping.centroids, plain.centroids, atol=1e-5)

@@ -1,16 +1,27 @@
 """Pruning policies: InfoBatch's rules exactly, the random baseline, cluster-balanced subsets, their
-composition, and all of them inside the loop (resume through a resampling included)."""
+composition as a plan and a decision, and all of them inside the loop (resume through a resampling
+included)."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from oceansar.apps.pretrain import pretrain
+from oceansar.data.selection import Selection
 from oceansar.pruning import policies
+from oceansar.spec import PruningSpec, build
 from oceansar.train import loop
 
 
 def _table(score, count):
-    return lambda: {"score": np.asarray(score, np.float32), "count": np.asarray(count, np.int32)}
+    return {"score": np.asarray(score, np.float32), "count": np.asarray(count, np.int32)}
+
+
+def _spec(**overrides) -> PruningSpec:
+    from configs import default
+
+    return dataclasses.replace(build(PruningSpec, default.get_config().pruning, "pruning"), **overrides)
 
 
 def test_infobatch_drops_below_mean_and_rescales():
@@ -20,7 +31,7 @@ def test_infobatch_drops_below_mean_and_rescales():
     count = np.ones(n, int)
     count[:100] = 0                                   # never seen: always kept
     policy = policies.InfoBatch(prune_ratio=0.5, delta=0.875, total_examples=10_000, seed=0)
-    full = policies.Selection.full(n)
+    full = Selection.full(n)
     sel = policy.apply(full, 3, examples_seen=1000, loss_table=_table(score, count))
 
     seen = count > 0
@@ -40,10 +51,11 @@ def test_infobatch_drops_below_mean_and_rescales():
 
 def test_infobatch_first_epoch_and_annealing_are_full_data():
     policy = policies.InfoBatch(prune_ratio=0.5, delta=0.875, total_examples=1000, seed=0)
-    full = policies.Selection.full(10)
+    full = Selection.full(10)
     unseen = policy.apply(full, 0, examples_seen=0, loss_table=_table(np.zeros(10), np.zeros(10)))
     assert len(unseen) == 10 and np.all(unseen.weights == 1)
-    late = policy.apply(full, 9, examples_seen=875, loss_table=pytest.fail)  # table not even read
+    assert not policy.reads_table(875)
+    late = policy.apply(full, 9, examples_seen=875, loss_table=None)  # the table is not read
     assert np.array_equal(late.indices, np.arange(10)) and np.all(late.weights == 1)
 
 
@@ -54,7 +66,7 @@ def test_infobatch_keep_ratio_is_clipped():
 
 def test_infobatch_inside_a_subset_uses_the_subset_mean_and_keeps_its_weights():
     score = np.arange(100, dtype=np.float32)             # the pool's mean (49.5) is not the subset's
-    pool = policies.Selection(np.arange(60, 100), np.full(40, 3.0))
+    pool = Selection(np.arange(60, 100), np.full(40, 3.0))
     policy = policies.InfoBatch(prune_ratio=0.5, delta=1.0, total_examples=100, seed=0)
     sel = policy.apply(pool, 1, examples_seen=10, loss_table=_table(score, np.ones(100)))
     well = np.arange(60, 80)                              # below the subset's mean 79.5
@@ -66,18 +78,22 @@ def test_infobatch_inside_a_subset_uses_the_subset_mean_and_keeps_its_weights():
 
 
 def test_policy_names_parse_into_subset_and_loss_rule():
-    assert policies.parse_policy("cluster_balanced+infobatch") == ("cluster_balanced", "infobatch")
-    assert policies.parse_policy("infobatch") == ("none", "infobatch")
-    assert policies.parse_policy("static") == ("static", None)
-    with pytest.raises(ValueError, match="pruning.policy"):
-        policies.parse_policy("infobatch+random")
+    assert (_spec(policy="cluster_balanced+infobatch").subset, _spec(policy="cluster_balanced+infobatch").rule) \
+        == ("cluster_balanced", "infobatch")
+    assert (_spec(policy="infobatch").subset, _spec(policy="infobatch").rule) == ("none", "infobatch")
+    assert (_spec(policy="random").subset, _spec(policy="random").rule) == ("random", None)
+    with pytest.raises(ValueError, match="policy"):
+        _spec(policy="infobatch+random")
 
 
 def test_random_subset_size_and_determinism():
-    p = policies.RandomSubset(100, rho=0.25, seed=1)
-    a, b = p.select(0), p.select(0)
-    assert len(a) == 25 and np.array_equal(a.indices, b.indices)
-    assert not np.array_equal(a.indices, p.select(1).indices)
+    pruner = policies.Pruner(_spec(policy="random", rho=0.25), num_samples=100, seed=1, total_examples=1000)
+    needs = pruner.plan(0, 0, last_resampling_epoch=None)
+    assert needs.embed is None and not needs.loss_table
+    a, b = (pruner.decide(0, 0, previous=None, last_resampling_epoch=None) for _ in range(2))
+    assert len(a.served) == 25 and np.array_equal(a.served.indices, b.served.indices) and a.report is None
+    assert not np.array_equal(a.served.indices, pruner.decide(1, 0, previous=None,
+                                                              last_resampling_epoch=None).served.indices)
 
 
 def test_infobatch_in_the_training_loop(tmp_path, smoke_config):
@@ -87,9 +103,9 @@ def test_infobatch_in_the_training_loop(tmp_path, smoke_config):
     c.total_examples = 16 * 24
     c.pruning.delta = 0.5                          # full data again from 192 examples seen
     c.log_every_steps = 1
-    c.eval.every_examples = 0
-    c.eval.at_init = False
-    loop.run(c, tmp_path)
+    c.evals.wv.every_examples = 0
+    c.eval_at_init = False
+    pretrain(c, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train/loss" in r]
     assert train[0]["selection_size"] == 64 and train[0]["train/weight_mean"] == 1.0
@@ -111,61 +127,55 @@ def _blobs(n, rng):
 def test_cluster_balanced_then_infobatch_prunes_inside_the_subset():
     rng = np.random.default_rng(0)
     x, _ = _blobs(2000, rng)
-    score = rng.normal(size=2000).astype(np.float32)
-    table = _table(score, np.ones(2000))
-
-    def embed(indices):
-        return x[indices]
-
-    class Pruning:  # the config fields make_policy reads
-        policy, rho, eta, warmup_examples, every_epochs, subset_size = (
-            "cluster_balanced+infobatch", 0.2, 0.5, 100, 2, 1000)
-        n_clusters, n_resamples, prune_ratio, delta, selection = (16, 4), 1, 0.5, 0.9, ""
-
-    pruner = policies.make_policy(Pruning, num_samples=2000, seed=0, total_examples=1000)
-    subset, served = pruner.select(1, previous=None, examples_seen=150, embed=embed, loss_table=table)
-    assert len(subset) == 400 and pruner.last_resampling["kept"] == 400
-    assert sum(pruner.last_resampling["leaf_sizes_after"]) == 400
-    assert sum(pruner.last_resampling["leaf_sizes_before"]) == 1000
-    assert np.all(np.isin(served.indices, subset.indices)) and 200 < len(served) < 400
-    assert set(np.unique(served.weights)) == {1.0, 2.0}
-    # A non-resampling epoch keeps the subset and redraws InfoBatch's drop inside it.
-    subset2, served2 = pruner.select(2, previous=subset, examples_seen=400, embed=pytest.fail,
-                                     loss_table=table, last_resampling_epoch=1)
-    assert subset2 is subset and not np.array_equal(served.indices, served2.indices)
-    # After delta of the budget the loss rule anneals to the whole subset.
-    subset3, served3 = pruner.select(2, previous=subset, examples_seen=900, embed=pytest.fail,
-                                     loss_table=pytest.fail, last_resampling_epoch=1)
-    assert served3 is subset3 is subset
+    table = _table(rng.normal(size=2000), np.ones(2000))
+    spec = _spec(policy="cluster_balanced+infobatch", rho=0.2, eta=0.5, warmup_examples=100, every_epochs=2,
+                 subset_size=1000, n_clusters=(16, 4), n_resamples=1, prune_ratio=0.5, delta=0.9)
+    pruner = policies.Pruner(spec, num_samples=2000, seed=0, total_examples=1000)
+    needs = pruner.plan(1, 150, last_resampling_epoch=None)
+    assert needs.embed.shape == (1000,) and needs.loss_table
+    d = pruner.decide(1, 150, previous=None, last_resampling_epoch=None, embeddings=x[needs.embed], loss_table=table)
+    assert len(d.subset) == 400 and d.report["kept"] == 400
+    assert sum(d.report["leaf_sizes_after"]) == 400 and sum(d.report["leaf_sizes_before"]) == 1000
+    assert np.all(np.isin(d.served.indices, d.subset.indices)) and 200 < len(d.served) < 400
+    assert set(np.unique(d.served.weights)) == {1.0, 2.0}
+    # A non-resampling epoch embeds nothing, keeps the subset and redraws InfoBatch's drop inside it.
+    needs2 = pruner.plan(2, 400, last_resampling_epoch=1)
+    assert needs2.embed is None and needs2.loss_table
+    d2 = pruner.decide(2, 400, previous=d.subset, last_resampling_epoch=1, loss_table=table)
+    assert d2.subset is d.subset and d2.report is None and not np.array_equal(d.served.indices, d2.served.indices)
+    # After delta of the budget the loss rule anneals to the whole subset and reads no table.
+    assert pruner.plan(2, 900, last_resampling_epoch=1) == policies.Needs()
+    d3 = pruner.decide(2, 900, previous=d.subset, last_resampling_epoch=1)
+    assert d3.served is d3.subset is d.subset
 
 
 def test_cluster_balanced_flattens_the_mix_and_follows_its_schedule():
     rng = np.random.default_rng(0)
     x, labels = _blobs(2000, rng)
-    calls = []
+    spec = _spec(policy="cluster_balanced", rho=0.2, eta=0.5, warmup_examples=100, every_epochs=2,
+                 subset_size=1000, n_clusters=(16, 4), n_resamples=1)
+    p = policies.Pruner(spec, num_samples=2000, seed=0, total_examples=10_000)
 
-    def embed(indices):
-        calls.append(len(indices))
-        return x[indices]
+    def step(epoch, seen, previous, last):
+        needs = p.plan(epoch, seen, last_resampling_epoch=last)
+        emb = None if needs.embed is None else x[needs.embed]
+        return needs, p.decide(epoch, seen, previous=previous, last_resampling_epoch=last, embeddings=emb)
 
-    p = policies.ClusterBalanced(2000, rho=0.2, eta=0.5, warmup_examples=100, every_epochs=2,
-                                 subset_size=1000, n_clusters=(16, 4), n_resamples=1, seed=0)
-    assert len(p.select(0, examples_seen=50, embed=embed)) == 2000 and not calls  # warm-up
-    a = p.select(1, examples_seen=150, embed=embed, previous=policies.Selection.full(2000),
-                 last_resampling_epoch=None)
-    assert calls == [1000] and len(a) == 400 and np.all(a.weights == 1)
-    assert len(np.unique(a.indices)) == 400
-    shares = np.bincount(labels[a.indices], minlength=4) / 400
+    needs, d = step(0, 50, None, None)                     # warm-up: full data, nothing embedded
+    assert needs.embed is None and len(d.served) == 2000
+    needs, a = step(1, 150, d.subset, None)
+    assert len(needs.embed) == 1000 and len(a.served) == 400 and np.all(a.served.weights == 1)
+    assert len(np.unique(a.served.indices)) == 400
+    shares = np.bincount(labels[a.served.indices], minlength=4) / 400
     assert shares[0] < 0.45 and shares[3] > 0.05          # 70 % -> under 45 %, 2 % -> over 5 %
     # One epoch after a re-clustering: none, the previous subset is served again; T_s = 2 after: one.
-    assert p.select(2, examples_seen=400, embed=embed, previous=a, last_resampling_epoch=1) is a
-    assert calls == [1000]
-    b = p.select(3, examples_seen=500, embed=embed, previous=a, last_resampling_epoch=1)
-    assert calls == [1000, 1000] and not np.array_equal(a.indices, b.indices)
-    again = policies.ClusterBalanced(2000, rho=0.2, eta=0.5, warmup_examples=100, every_epochs=2,
-                                     subset_size=1000, n_clusters=(16, 4), n_resamples=1, seed=0)
-    assert np.array_equal(again.select(3, examples_seen=500, embed=embed, previous=a,
-                                       last_resampling_epoch=1).indices, b.indices)
+    needs, same = step(2, 400, a.subset, 1)
+    assert needs.embed is None and same.subset is a.subset
+    needs, b = step(3, 500, a.subset, 1)
+    assert len(needs.embed) == 1000 and not np.array_equal(a.served.indices, b.served.indices)
+    again = policies.Pruner(spec, num_samples=2000, seed=0, total_examples=10_000)
+    assert np.array_equal(again.decide(3, 500, previous=a.subset, last_resampling_epoch=1,
+                                       embeddings=x[needs.embed]).served.indices, b.served.indices)
 
 
 class _Interrupt(Exception):
@@ -184,9 +194,9 @@ def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, mo
     c.pruning.n_resamples = 1
     c.total_examples = 16 * 10
     c.checkpoint_every_steps = 3
-    c.eval.every_examples = 0
-    c.eval.at_init = False
-    loop.run(c, tmp_path / "straight")
+    c.evals.wv.every_examples = 0
+    c.eval_at_init = False
+    pretrain(c, tmp_path / "straight")
 
     calls = {"n": 0}
     real = loop.sharding.shard_batch
@@ -199,9 +209,9 @@ def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, mo
 
     monkeypatch.setattr(loop.sharding, "shard_batch", interrupted)
     with pytest.raises(_Interrupt):
-        loop.run(c, tmp_path / "resumed")
+        pretrain(c, tmp_path / "resumed")
     monkeypatch.setattr(loop.sharding, "shard_batch", real)
-    loop.run(c, tmp_path / "resumed")
+    pretrain(c, tmp_path / "resumed")
 
     def log(d):
         return [(r["step"], r["selection_size"], r["train/loss"])
@@ -225,10 +235,10 @@ def test_cluster_balanced_resume_through_a_resampling(tmp_path, smoke_config, mo
 
 
 def test_selection_summary_reports_class_shares():
-    from oceansar.data.synthetic_wv import SyntheticWV
+    from oceansar.data.synthetic import SyntheticWV
 
     source = SyntheticWV(num_samples=500, image_size=16, seed=0)
-    sel = policies.Selection.subset(np.arange(0, 500, 2))
+    sel = Selection.subset(np.arange(0, 500, 2))
     info = loop.selection_summary(source, sel)
     shares = [v for k, v in info.items() if k.startswith("pruning/class_share/")]
     assert info["selection_size"] == 250 and len(shares) == 10

@@ -48,7 +48,7 @@ def test_build_array_record_and_read_back(tmp_path):
         name = src.text(i)
         assert isinstance(name, str)
         assert int(r["label"]) == (0 if "-F-" in name else 1)
-        expected = np.rint((levels[name] + 35.0) / 40.0 * 255)  # synthetic_wv.DB_RANGE
+        expected = np.rint((levels[name] + 35.0) / 40.0 * 255)  # synthetic.DB_RANGE
         assert np.all(r["image"] == expected)
         seen.add(name)
     assert len(seen) == 6

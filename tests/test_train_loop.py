@@ -14,14 +14,13 @@ import pytest
 from absl import flags
 
 import launch
-from oceansar import modes, release, sharding
+from oceansar import embedding, release, sharding
+from oceansar.apps.pretrain import pretrain
 from oceansar.checkpoint import Checkpointer
 from oceansar.data import pipeline, sources
 from oceansar.data.selection import Selection
+from oceansar.experiment import Experiment, restore_latest, run_spec
 from oceansar.train import loop
-from oceansar.train import optimizer as optim_lib
-from oceansar.train import state as state_lib
-from oceansar.train import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,6 +36,7 @@ def test_launch_smoke_end_to_end(tmp_path, capsys):
     _launch("--config=configs/default.py:smoke", f"--workdir={workdir}")
     out = capsys.readouterr().out
     assert "teacher after 192 examples" in out and "same architecture at random init" in out
+    assert "wv/knn/top1_k20" in out
 
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"]["variant"] == "mu/8"
@@ -44,28 +44,27 @@ def test_launch_smoke_end_to_end(tmp_path, capsys):
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == list(range(2, 13, 2))
     assert all(r["examples_seen"] == 16 * r["step"] and np.isfinite(r["train/loss"]) for r in train)
-    evals = [r for r in records if "eval/knn/top1_k20" in r]
+    evals = [r for r in records if "eval/wv/knn/top1_k20" in r]
     assert [r["step"] for r in evals] == [6, 12]
     assert any(p.name.startswith("events") for p in (workdir / "tensorboard").iterdir())
     assert (workdir / "metrics.png").exists()
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["steps"] == 12 and set(summary["final"]) == set(summary["at_init"])
+    assert [c[0] for c in summary["evaluated"]] == ["wv/knn/top1_k20", "wv/knn/balanced_acc_k20", "wv/linear/top1",
+                                                    "wv/wind_speed/rmse", "wv/hs/rmse"]
     assert Checkpointer(workdir / "checkpoints").latest_step() == 12
 
     # Release round trip: the released backbone gives the checkpoint teacher's features.
     vit, spec = release.load(workdir / "release")
-    cfg = launch._CONFIG.value
-    graphdef, rest, state, _, _ = modes._latest_state(cfg, workdir)
-    images = np.stack([sources.make_eval_sources(cfg)[1][i]["image"] for i in range(4)])
-    x = step_lib.standardize(images, mean=spec["input_mean"], std=spec["input_std"])
-    from oceansar import augment
-    x = augment.center_view(x, spec["img_size"])
-    ours = step_lib.make_embed_fn(graphdef, rest, cfg, features="cls")(state.teacher, images)
-    np.testing.assert_allclose(vit(x)["cls"], ours, rtol=1e-5, atol=1e-5)
+    exp, state, _ = restore_latest(run_spec(launch._CONFIG.value), workdir)
+    images = np.stack([exp.evaluators["wv"].splits[1][i]["image"] for i in range(4)])
+    graphdef, params = __import__("flax").nnx.split(vit)
+    released = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"],
+                                       img_size=spec["img_size"], in_channels=spec["in_channels"])(params, images)
+    np.testing.assert_array_equal(released, exp.embed_fn("cls")(state.teacher, images))
 
-    # Rerunning the finished command resumes, trains nothing more, and evaluates again.
     _launch("--config=configs/default.py:smoke", f"--workdir={workdir}", "--mode=evaluate")
-    assert "knn/top1_k20" in capsys.readouterr().out
+    assert "wv/knn/top1_k20" in capsys.readouterr().out
 
 
 def _resume_config(smoke_config):
@@ -74,19 +73,19 @@ def _resume_config(smoke_config):
     c.pruning.policy = "random"
     c.pruning.rho = 0.75
     c.checkpoint_every_steps = 4
-    c.eval.every_examples = 0
-    c.eval.at_init = False
+    c.evals.wv.every_examples = 0
+    c.eval_at_init = False
     return c
 
 
 def _final_state(workdir, config):
-    _, _, state, _, step = modes._latest_state(config, pathlib.Path(workdir))
+    _, state, step = restore_latest(run_spec(config), workdir)
     return step, jax.device_get(state)
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
     config = _resume_config(smoke_config)
-    loop.run(config, tmp_path / "straight")
+    pretrain(config, tmp_path / "straight")
 
     # The same command in a subprocess, killed with SIGKILL once a mid-run checkpoint exists.
     killed = tmp_path / "killed"
@@ -94,8 +93,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
                JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir))
     argv = [sys.executable, "launch.py", "--config=configs/default.py:smoke", f"--workdir={killed}",
             "--config.data.num_samples=64", "--config.pruning.policy=random", "--config.pruning.rho=0.75",
-            "--config.checkpoint_every_steps=4", "--config.eval.every_examples=0",
-            "--config.eval.at_init=False"]
+            "--config.checkpoint_every_steps=4", "--config.evals.wv.every_examples=0",
+            "--config.eval_at_init=False"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -109,7 +108,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
     interrupted_at = Checkpointer(killed / "checkpoints").latest_step()
     assert interrupted_at is not None and interrupted_at < 12
 
-    loop.run(config, killed)  # rerun: resumes from the last committed step
+    pretrain(config, killed)  # rerun: resumes from the last committed step
     a_step, a = _final_state(tmp_path / "straight", config)
     b_step, b = _final_state(killed, config)
     assert a_step == b_step == 12
@@ -133,7 +132,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config, m
 
     monkeypatch.setattr(loop.sharding, "shard_batch", poisoned)
     with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint"):
-        loop.run(config, tmp_path)
+        pretrain(config, tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").all_steps() == [4]
     step, state = _final_state(tmp_path, config)
     assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
@@ -141,20 +140,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config, m
 
 def test_one_device_equals_eight(smoke_config):
     config = smoke_config
-    source = sources.make_pretrain_source(config.data, seed=config.seed)
+    spec = run_spec(config)
+    source = sources.make_pretrain_source(spec.data, seed=config.seed)
     batches = list(iter(pipeline.epoch_dataset(source, Selection.full(len(source)), seed=0, epoch=0,
                                                batch_size=config.batch_size)))[:3]
     losses = {}
     for n in (1, 8):
-        mesh = sharding.make_mesh(n)
-        tx = optim_lib.make_optimizer(config.optim)
-        graphdef, rest, state = state_lib.init_state(config, num_samples=len(source), tx=tx)
-        state = sharding.replicate(mesh, state)
-        train_step = step_lib.make_train_step(graphdef, rest, tx, config, step_lib.Budget.from_config(config))
+        config.num_devices = n
+        exp = Experiment.build(run_spec(config), num_samples=len(source))
+        state, train_step = exp.init_state(), exp.compile_train_step(np.uint8)
         out = []
         for batch in batches:
             state, metrics, per_sample = train_step(
-                state, sharding.shard_batch(mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
+                state, sharding.shard_batch(exp.mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
             out.append(np.asarray(per_sample))
         losses[n] = np.stack(out)
     np.testing.assert_allclose(losses[1], losses[8], rtol=2e-4, atol=2e-4)

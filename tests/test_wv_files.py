@@ -4,7 +4,7 @@ import pytest
 import tifffile
 
 from oceansar.data.decode import CorruptImageError
-from oceansar.data.synthetic_wv import DB_RANGE
+from oceansar.data.synthetic import DB_RANGE
 from oceansar.data.wv_files import CALIBRATION_DB, WVFileSource, read_wv
 
 

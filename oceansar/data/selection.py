@@ -2,12 +2,21 @@
 
 A pruning policy produces a Selection; the Grain epoch pipeline consumes it. It is plain numpy
 (no JAX) so that Grain worker processes can unpickle it without starting an accelerator backend.
+This module is also the one owner of the selection file format that `--mode=curate` writes and the
+static policy reads: `kept_indices.npy` (int64 source indices), an optional `weights.npy` (float32)
+and `summary.json` (which names `num_embeddings`, the size of the pool it was curated from).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 
 import numpy as np
+
+KEPT_FILE = "kept_indices.npy"
+WEIGHTS_FILE = "weights.npy"
+SUMMARY_FILE = "summary.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +69,41 @@ class Selection:
                 f"Selection has index {int(self.indices.max())} but the source has only "
                 f"{source_len} samples")
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"indices": self.indices, "weights": self.weights}
+    def save(self, directory: str | pathlib.Path, *, summary: dict | None = None) -> pathlib.Path:
+        """Writes the selection files into `directory`; weights only when some differ from 1."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / KEPT_FILE, self.indices)
+        if np.any(self.weights != 1):
+            np.save(directory / WEIGHTS_FILE, self.weights)
+        (directory / SUMMARY_FILE).write_text(json.dumps(
+            summary or {}, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+        return directory
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Selection":
-        return cls(np.asarray(arrays["indices"]), np.asarray(arrays["weights"]))
+    def load(cls, directory: str | pathlib.Path, *, num_samples: int | None = None) -> "Selection":
+        """A selection written by `save` (`--mode=curate`).
+
+        Args:
+          directory: the directory holding the selection files.
+          num_samples: the source's size; when given, the selection must have been curated from
+            exactly that many samples (its summary's `num_embeddings`) and index inside it.
+
+        Raises:
+          FileNotFoundError: no selection in `directory`.
+          ValueError: a selection of another pool, or indices outside it.
+        """
+        directory = pathlib.Path(directory)
+        kept_file = directory / KEPT_FILE
+        if not kept_file.is_file():
+            raise FileNotFoundError(f"{kept_file} not found: not a selection written by --mode=curate")
+        weights = np.load(directory / WEIGHTS_FILE) if (directory / WEIGHTS_FILE).is_file() else None
+        selection = cls.subset(np.load(kept_file), weights)
+        if num_samples is not None:
+            summary = directory / SUMMARY_FILE
+            curated_from = json.loads(summary.read_text()).get("num_embeddings") if summary.is_file() else None
+            if curated_from is not None and curated_from != num_samples:
+                raise ValueError(f"the selection in {directory} was curated from {curated_from} embeddings but "
+                                 f"the pretraining source has {num_samples} samples")
+            selection.validate(num_samples)
+        return selection

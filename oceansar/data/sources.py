@@ -1,65 +1,74 @@
-"""Builds the sources a config names: the pretraining pool and the labelled evaluation splits.
+"""What a source is, and the one place that builds the sources a run's specs name.
 
-One place maps `config.data` / `config.eval` onto the source classes, so every source goes through
-the same Grain pipeline and the same evaluators. Numpy only.
+A `Source` is a random-access collection of records: `len(source)`, `source[i]` -> a dict with an
+`image` ([H, W, C] uint8, or float16 in [0, 1]), the record's `sample_id` and its scalar fields
+(`label`, `wind_speed`, ...). A source may also offer `read_batch(indices)` (columns of many records
+at once, as the in-memory cache does), `class_names`, and `labels(indices)` (hidden labels of an
+unlabelled pool, for diagnostics only). Every source goes through the same Grain pipeline
+(`pipeline.py`) for training and for feature extraction, and through the same evaluators.
+`make_pretrain_source` maps a `DataSpec` onto the source classes, `make_eval_sources` an `EvalSpec`.
+Numpy only; TFDS is imported only when a TFDS source is built.
 """
 from __future__ import annotations
 
 import pathlib
+from typing import Any, Protocol, runtime_checkable
 
-from oceansar.data import synthetic_wv
+import numpy as np
+
+from oceansar.data import synthetic
 from oceansar.data.cache import InMemorySource
 from oceansar.data.folder import ImageFolderSource
-from oceansar.data.tfds_wv import TFDSSource
 from oceansar.data.wv_files import WVFileSource
 
-SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
+
+@runtime_checkable
+class Source(Protocol):
+    """A random-access collection of records (see the module docstring)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
 
 
-def make_pretrain_source(data, *, seed: int):
-    """The unlabelled pretraining pool of `config.data` (labels, if any, stay hidden), read into
+def _tfds_source(name: str, *, split: str, data_dir: str, image_size: int):
+    from oceansar.data.tfds_wv import TFDSSource  # imports tensorflow_datasets: only when one is built
+
+    return TFDSSource(name, split=split, data_dir=data_dir or None, image_size=image_size)
+
+
+def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
+    """The unlabelled pretraining pool of a `DataSpec` (labels, if any, stay hidden), read into
     memory once when `data.cache` is set."""
-    source = _pretrain_source(data, seed=seed)
-    return InMemorySource(source, progress=True) if data.get("cache", False) else source
-
-
-def _pretrain_source(data, *, seed: int):
     if data.source == "synthetic_wv":
-        return synthetic_wv.SyntheticWV(
+        source = synthetic.SyntheticWV(
             num_samples=data.num_samples, image_size=data.image_size, seed=seed,
             class_frequencies=tuple(data.class_frequencies) or None,
             burst_length=data.burst_length, burst_jitter=data.burst_jitter)
-    if data.source == "folder":
-        return ImageFolderSource(data.root, image_size=data.image_size,
-                                 labels_csv=data.labels_csv or None, skip_corrupt=data.skip_corrupt)
-    if data.source == "wv_files":
-        return WVFileSource(data.root, image_size=data.image_size,
-                            labels_csv=data.labels_csv or None, skip_corrupt=data.skip_corrupt)
-    if data.source == "tfds":
-        return TFDSSource(data.tfds_name, split=data.tfds_split, data_dir=data.root or None,
-                          image_size=data.image_size)
-    raise ValueError(f"config.data.source: unknown source {data.source!r}; known: {SOURCES}")
+    elif data.source == "folder":
+        source = ImageFolderSource(data.root, image_size=data.image_size, labels_csv=data.labels_csv or None,
+                                   skip_corrupt=data.skip_corrupt)
+    elif data.source == "wv_files":
+        source = WVFileSource(data.root, image_size=data.image_size, labels_csv=data.labels_csv or None,
+                              skip_corrupt=data.skip_corrupt)
+    else:
+        source = _tfds_source(data.tfds_name, split=data.tfds_split, data_dir=data.root,
+                              image_size=data.image_size)
+    return InMemorySource(source, progress=progress) if data.cache else source
 
 
-def make_eval_sources(config):
-    """(train, test) labelled sources of `config.eval`, at the pretraining image size, in memory when
-    `config.data.cache` is set (they are read at every evaluation)."""
-    splits = _eval_sources(config)
-    if config.data.get("cache", False):
-        return tuple(InMemorySource(s) for s in splits)
-    return splits
-
-
-def _eval_sources(config):
-    ev, size = config.eval, config.data.image_size
-    if ev.source == "synthetic_wv":
-        return synthetic_wv.evaluation_splits(ev.num_train_per_class, ev.num_test_per_class,
-                                              image_size=size, seed=config.seed + 1000)
-    if ev.source == "folder":
-        root = pathlib.Path(ev.root)
-        return tuple(ImageFolderSource(root / split, image_size=size, channels=config.model.in_channels)
-                     for split in ("train", "test"))
-    if ev.source == "tfds":
-        return tuple(TFDSSource(ev.tfds_name, split=split, data_dir=ev.root or None, image_size=size)
-                     for split in (ev.train_split, ev.test_split))
-    raise ValueError(f"config.eval.source: unknown source {ev.source!r}; known: synthetic_wv, folder, tfds")
+def make_eval_sources(spec, *, image_size: int, in_channels: int, seed: int, cache: bool) -> tuple[Any, Any]:
+    """(train, test) labelled sources of an `EvalSpec` at `image_size`, in memory when `cache` is set
+    (they are read at every evaluation). The simulator's splits are drawn from `seed + 1000`, disjoint
+    from the pool."""
+    if spec.source == "synthetic_wv":
+        splits = synthetic.evaluation_splits(spec.num_train_per_class, spec.num_test_per_class,
+                                             image_size=image_size, seed=seed + 1000)
+    elif spec.source == "folder":
+        root = pathlib.Path(spec.root)
+        splits = tuple(ImageFolderSource(root / split, image_size=image_size, channels=in_channels)
+                       for split in (spec.train_split, spec.test_split))
+    else:
+        splits = tuple(_tfds_source(spec.tfds_name, split=split, data_dir=spec.root, image_size=image_size)
+                       for split in (spec.train_split, spec.test_split))
+    return tuple(InMemorySource(s) for s in splits) if cache else splits

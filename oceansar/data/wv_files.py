@@ -4,7 +4,7 @@ Here live `read_wv` (one file -> normalised sigma0 dB array) and `WVFileSource` 
 folder or list of such files, optionally labelled by a CSV). Every format goes through one path:
 linear backscatter intensity -> center crop + antialiased resize (averaging intensity, the physical
 multilook, not dB) -> 10*log10 -> clip and map `DB_RANGE` onto [0, 1]. `DB_RANGE` is the simulator's
-(`synthetic_wv.DB_RANGE`), so real and simulated vignettes share one uint8 scale. Generic image
+(`synthetic.DB_RANGE`), so real and simulated vignettes share one uint8 scale. Generic image
 folders live in `folder.py`; this module is about radiometry.
 
 Formats and their conversion to intensity:
@@ -31,7 +31,7 @@ import numpy as np
 
 from oceansar.data.decode import CorruptImageError, decode_image, resize_square
 from oceansar.data.folder import read_labels_csv
-from oceansar.data.synthetic_wv import DB_RANGE
+from oceansar.data.synthetic import DB_RANGE
 
 log = logging.getLogger(__name__)
 

@@ -271,17 +271,20 @@ def ridge_probe(train_feats, train_targets, test_feats, test_targets, *, name: s
             f"{name}/alpha": float(alphas[best])}
 
 
-def evaluate_features(train: dict, test: dict, *, num_classes: int, targets: Sequence[str] = ("wind_speed", "hs"),
-                      knn_ks: Sequence[int] = (1, 20), n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Every frozen-feature evaluation of a train/test pair of feature dicts.
+def evaluate_features(train: dict, test: dict, *, num_classes: int,
+                      probes: Sequence[str] = ("knn", "linear", "regression"),
+                      targets: Sequence[str] = (), knn_ks: Sequence[int] = (1, 20), n_bootstrap: int = 1000,
+                      seed: int = 0) -> dict[str, float]:
+    """The frozen-feature evaluations `probes` names, on a train/test pair of feature dicts.
 
-    Runs k-NN (`knn/...`) and the linear probe (`linear/...`) when both dicts carry "label", and a ridge
-    probe (`{target}/...`) for each target present in both. Rows whose target is NaN (no collocated
-    measurement) are left out of that target's probe only.
+    Runs k-NN (`knn/...`, probe "knn") and the linear probe (`linear/...`, "linear") when both dicts carry
+    "label", and a ridge probe (`{target}/...`, "regression") for each target present in both. Rows whose
+    target is NaN (no collocated measurement) are left out of that target's probe only.
 
     Args:
       train, test: dicts from `extract_features`: "features" [n, D] plus per-sample fields.
       num_classes: number of classes of "label".
+      probes: which of "knn", "linear" and "regression" to run.
       targets: regression targets to probe when present.
       knn_ks: the k values of the k-NN evaluation.
       n_bootstrap: test-set resamples for every std.
@@ -294,12 +297,14 @@ def evaluate_features(train: dict, test: dict, *, num_classes: int, targets: Seq
         if "features" not in data:
             raise ValueError(f"the {split} dict has no 'features' (keys: {sorted(data)})")
     results = {}
-    if "label" in train and "label" in test:
+    labelled = "label" in train and "label" in test
+    if labelled and "knn" in probes:
         results.update(knn_eval(train["features"], train["label"], test["features"], test["label"], ks=knn_ks,
                                 num_classes=num_classes, n_bootstrap=n_bootstrap, seed=seed))
+    if labelled and "linear" in probes:
         results.update(linear_probe(train["features"], train["label"], test["features"], test["label"],
                                     num_classes=num_classes, seed=seed, n_bootstrap=n_bootstrap))
-    for target in targets:
+    for target in targets if "regression" in probes else ():
         if target not in train or target not in test:
             continue
         train_rows = np.flatnonzero(np.isfinite(np.asarray(train[target], np.float32)))

@@ -1,41 +1,57 @@
-"""Pruning policies: (epoch, training signals) -> the epoch's Selection.
+"""Pruning policies as a plan and a decision: what an epoch needs, then which samples it visits.
 
 A pruning recipe is a *subset policy* that decides which part of the pool an epoch may visit
-(`none`, `random`, `static`, `cluster_balanced`), optionally followed by a *loss rule* that drops
-and re-weights samples inside that subset from the loss statistics (`infobatch`). The config names
-it `"<subset>"`, `"<subset>+infobatch"` or plain `"infobatch"` (= `"none+infobatch"`);
-`Pruner` composes the two.
+(`none`, `random`, `static`, `cluster_balanced`), optionally followed by a *loss rule* that drops and
+re-weights samples inside that subset from the loss statistics (`infobatch`); `config.pruning.policy`
+names it `"<subset>"`, `"<subset>+infobatch"` or plain `"infobatch"`, and `Pruner` composes the two.
 
-The training loop calls `Pruner.select` at the start of every epoch with the training signals
-(`examples_seen`, the teacher `embed` function, the host copy of the `loss_table`; each fetched only
-by the policies that read it) and the previous epoch's subset. Every output is deterministic given
-(seed, epoch) and those signals, so a run resumed mid-way re-derives nothing: the loop stores the
-current subset and the served Selection in the checkpoint and calls the policy again only at the
-next epoch boundary.
+At every epoch boundary the loop asks `Pruner.plan(epoch, ...)` what the coming epoch needs (`Needs`:
+which source indices the current teacher must embed, whether the loss table is read), computes exactly
+that, and hands it to `Pruner.decide`, which returns the `Decision`: the subset, the Selection served
+from it, and the re-clustering's report when one ran. A policy never calls back into the loop and keeps
+no state between epochs: every output is a function of (seed, epoch) and what the loop hands it, so a
+resumed run, which restores the current subset and served Selection from its checkpoint, re-derives
+nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from curation import hierarchical, sampling
 from oceansar.data.selection import Selection
-
-SUBSET_POLICIES = ("none", "random", "static", "cluster_balanced")
-LOSS_RULES = ("infobatch",)
-POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLICIES[1:]
-                                                for r in LOSS_RULES)
+from oceansar.spec import PruningSpec
 
 
-def parse_policy(name: str) -> tuple[str, str | None]:
-    """Splits a policy name: `"cluster_balanced+infobatch"` -> `("cluster_balanced", "infobatch")`;
-    `"infobatch"` -> `("none", "infobatch")`."""
-    if name not in POLICIES:
-        raise ValueError(f"config.pruning.policy: unknown policy {name!r}; known: {POLICIES}")
-    if name in LOSS_RULES:
-        return "none", name
-    subset, _, rule = name.partition("+")
-    return subset, rule or None
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What the coming epoch's decision reads.
+
+    Attributes:
+      embed: source indices the current teacher must embed (L2-normalised CLS of one centre view),
+        in this order; None when no embedding is read.
+      loss_table: whether the host copy of the per-sample loss table is read.
+    """
+
+    embed: np.ndarray | None = None
+    loss_table: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """An epoch's selection.
+
+    Attributes:
+      subset: what the subset policy keeps (carried to the next epoch as `previous`).
+      served: what the epoch visits, with loss weights (the subset itself without a loss rule).
+      report: the re-clustering's record (cluster sizes before and after sampling) when one ran.
+    """
+
+    subset: Selection
+    served: Selection
+    report: dict[str, Any] | None = None
 
 
 class FullData:
@@ -44,9 +60,11 @@ class FullData:
     def __init__(self, num_samples: int):
         self.num_samples = num_samples
 
-    def select(self, epoch: int, **signals) -> Selection:
-        del epoch, signals
-        return Selection.full(self.num_samples)
+    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
+        return None
+
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+        return Selection.full(self.num_samples), None
 
 
 class RandomSubset:
@@ -55,28 +73,89 @@ class RandomSubset:
     def __init__(self, num_samples: int, *, rho: float, seed: int):
         self.num_samples, self.rho, self.seed = num_samples, rho, seed
 
-    def select(self, epoch: int, **signals) -> Selection:
-        del signals
+    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
+        return None
+
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
         rng = np.random.default_rng([self.seed, epoch, 0x5E1])
         n_keep = max(1, int(round(self.rho * self.num_samples)))
-        return Selection.subset(np.sort(rng.choice(self.num_samples, n_keep, replace=False)))
+        return Selection.subset(np.sort(rng.choice(self.num_samples, n_keep, replace=False))), None
 
 
 class StaticSubset:
     """A subset curated offline (`launch.py --mode=curate`), visited whole every epoch."""
 
-    def __init__(self, path: str, *, num_samples: int):
-        from oceansar.curate import load_static_selection  # jax-side module; keep policies light
+    def __init__(self, selection: Selection):
+        self.selection = selection
 
-        self.selection = load_static_selection(path, num_samples=num_samples)
+    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
+        return None
 
-    def select(self, epoch: int, **signals) -> Selection:
-        del epoch, signals
-        return self.selection
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+        return self.selection, None
+
+
+class ClusterBalanced:
+    """OceanSAR-1 dynamic pruning: balanced subsets of the current teacher's clusters.
+
+    Full data until `warmup_examples` (T_w) are seen. Then, at the first epoch after the warm-up and
+    every `every_epochs` (T_s) epochs, the current teacher embeds a fresh uniform subset of
+    `subset_size` (M) samples on one centre view, hierarchical k-means with resampling (Vo et al.,
+    arXiv 2405.15613) clusters it, and balanced hierarchical sampling keeps round(rho * N) of them,
+    choosing inside each leaf a fraction 1 - eta closest to the centroid and the rest at random.
+    Between re-clusterings the previous subset is served again.
+    """
+
+    def __init__(self, num_samples: int, spec: PruningSpec, *, seed: int):
+        self.num_samples, self.seed, self.spec = num_samples, seed, spec
+        self.subset_size = min(spec.subset_size or num_samples, num_samples)
+        self.n_keep = min(max(1, int(round(spec.rho * num_samples))), self.subset_size)
+
+    def _due(self, epoch: int, examples_seen: int, last_resampling_epoch: int | None) -> bool:
+        """The first epoch past T_w, then every T_s epochs after the previous re-clustering."""
+        if examples_seen < self.spec.warmup_examples:
+            return False
+        return last_resampling_epoch is None or epoch - last_resampling_epoch >= self.spec.every_epochs
+
+    def _draw(self, epoch: int) -> tuple[np.ndarray, np.random.Generator]:
+        """The epoch's embedded subset and the generator that then seeds clustering and sampling."""
+        rng = np.random.default_rng([self.seed, epoch, 0xC1])
+        return np.sort(rng.choice(self.num_samples, self.subset_size, replace=False)), rng
+
+    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
+        return self._draw(epoch)[0] if self._due(epoch, examples_seen, last_resampling_epoch) else None
+
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+        if examples_seen < self.spec.warmup_examples:
+            return Selection.full(self.num_samples), None
+        if not self._due(epoch, examples_seen, last_resampling_epoch):
+            return previous, None
+        subset, rng = self._draw(epoch)
+        embeddings = np.asarray(embeddings, np.float32)
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        levels, n_points = [], self.subset_size
+        for k in self.spec.n_clusters:  # a level never has more clusters than points below it
+            levels.append(min(k, n_points))
+            n_points = levels[-1]
+        hierarchy = hierarchical.hierarchical_kmeans(
+            embeddings, levels, n_resamples=self.spec.n_resamples, key=int(rng.integers(2**31)))
+        kept = sampling.balanced_sample(hierarchy, self.n_keep, key=int(rng.integers(2**31)),
+                                        strategy="eta", eta=self.spec.eta)
+        leaf = np.asarray(hierarchy.levels[0].assignment)
+        top = hierarchy.leaf_of_level(len(levels) - 1)
+        report = {
+            "epoch": epoch, "examples_seen": examples_seen, "embedded": int(self.subset_size),
+            "kept": int(kept.size), "levels": levels,
+            "leaf_sizes_before": np.bincount(leaf, minlength=levels[0]).tolist(),
+            "leaf_sizes_after": np.bincount(leaf[kept], minlength=levels[0]).tolist(),
+            "top_sizes_before": np.bincount(top, minlength=levels[-1]).tolist(),
+            "top_sizes_after": np.bincount(top[kept], minlength=levels[-1]).tolist(),
+        }
+        return Selection.subset(np.sort(subset[kept])), report
 
 
 class InfoBatch:
-    """InfoBatch (Qin et al., ICLR 2024; METHODS 5.1) on the drift-free loss table, inside a subset.
+    """InfoBatch (Qin et al., arXiv 2303.04947) on the drift-free loss table, inside a subset.
 
     Each epoch, among the subset's samples already seen, those whose score is strictly below the
     subset's mean score ("well learned") are randomly dropped with probability `prune_ratio`; the
@@ -92,13 +171,15 @@ class InfoBatch:
         self.keep_ratio = float(np.clip(1.0 - prune_ratio, 0.1, 1.0))
         self.anneal_at = delta * total_examples
 
+    def reads_table(self, examples_seen: int) -> bool:
+        return examples_seen < self.anneal_at
+
     def apply(self, pool: Selection, epoch: int, *, examples_seen: int, loss_table) -> Selection:
         """The part of `pool` this epoch visits, with InfoBatch's re-weighting."""
-        if examples_seen >= self.anneal_at:
+        if not self.reads_table(examples_seen):
             return pool
-        table = loss_table()
-        score = np.asarray(table["score"])[pool.indices]
-        seen = np.asarray(table["count"])[pool.indices] > 0
+        score = np.asarray(loss_table["score"])[pool.indices]
+        seen = np.asarray(loss_table["count"])[pool.indices] > 0
         if not seen.any():
             return pool
         well = np.flatnonzero(seen & (score < score[seen].mean()))
@@ -112,122 +193,43 @@ class InfoBatch:
         return Selection(pool.indices[keep], weights[keep])
 
 
-class ClusterBalanced:
-    """OceanSAR-1 dynamic pruning (METHODS 1.2, option A): balanced subsets of the teacher's clusters.
-
-    Full data until `warmup_examples` (T_w) are seen. Then, at the first epoch after the warm-up and
-    every `every_epochs` (T_s) epochs, the current teacher embeds a fresh uniform subset of
-    `subset_size` (M) samples on one centre view, hierarchical k-means with resampling clusters it,
-    and balanced hierarchical sampling keeps round(rho * N) of them, choosing inside each leaf a
-    fraction 1 - eta closest to the centroid and the rest at random. Between resamplings the
-    previous epoch's selection is served again (it lives in the checkpoint, so a resumed run
-    continues with it).
-    """
-
-    def __init__(self, num_samples: int, *, rho: float, eta: float, warmup_examples: int,
-                 every_epochs: int, subset_size: int, n_clusters, n_resamples: int, seed: int):
-        self.num_samples, self.seed = num_samples, seed
-        self.rho, self.eta = rho, eta
-        self.warmup_examples, self.every_epochs = warmup_examples, every_epochs
-        self.subset_size = min(subset_size or num_samples, num_samples)
-        self.n_keep = min(max(1, int(round(rho * num_samples))), self.subset_size)
-        self.n_clusters = tuple(int(k) for k in n_clusters)
-        self.n_resamples = n_resamples
-        self.last_resampling: dict[str, Any] | None = None
-
-    def due(self, epoch: int, examples_seen: int, last_resampling_epoch: int | None) -> bool:
-        """Whether this epoch re-clusters: the first epoch past T_w, then every T_s epochs after the
-        previous re-clustering (`(e - T_w) % T_s == 0` of METHODS 1.2, counted from the first
-        pruned epoch). A pure function of what the checkpoint holds."""
-        if examples_seen < self.warmup_examples:
-            return False
-        return last_resampling_epoch is None or epoch - last_resampling_epoch >= self.every_epochs
-
-    def select(self, epoch: int, *, examples_seen: int, embed, previous: Selection | None = None,
-               last_resampling_epoch: int | None = None, **signals) -> Selection:
-        del signals
-        self.last_resampling = None
-        if examples_seen < self.warmup_examples:
-            return Selection.full(self.num_samples)
-        if not self.due(epoch, examples_seen, last_resampling_epoch):
-            return previous
-        from curation import hierarchical, sampling  # the kernels, only where re-clustering runs
-
-        rng = np.random.default_rng([self.seed, epoch, 0xC1])
-        subset = np.sort(rng.choice(self.num_samples, self.subset_size, replace=False))
-        embeddings = np.asarray(embed(subset), np.float32)
-        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        levels, n_points = [], self.subset_size
-        for k in self.n_clusters:  # a level never has more clusters than points below it
-            k = min(k, n_points)
-            levels.append(k)
-            n_points = k
-        hierarchy = hierarchical.hierarchical_kmeans(
-            embeddings, levels, n_resamples=self.n_resamples, key=int(rng.integers(2**31)))
-        kept = sampling.balanced_sample(hierarchy, self.n_keep, key=int(rng.integers(2**31)),
-                                        strategy="eta", eta=self.eta)
-        leaf = np.asarray(hierarchy.levels[0].assignment)
-        top = hierarchy.leaf_of_level(len(levels) - 1)
-        self.last_resampling = {  # the cluster-size histograms of the selection (run report)
-            "epoch": epoch, "examples_seen": examples_seen, "embedded": int(self.subset_size),
-            "kept": int(kept.size), "levels": levels,
-            "leaf_sizes_before": np.bincount(leaf, minlength=levels[0]).tolist(),
-            "leaf_sizes_after": np.bincount(leaf[kept], minlength=levels[0]).tolist(),
-            "top_sizes_before": np.bincount(top, minlength=levels[-1]).tolist(),
-            "top_sizes_after": np.bincount(top[kept], minlength=levels[-1]).tolist(),
-        }
-        return Selection.subset(np.sort(subset[kept]))
-
-
 class Pruner:
-    """A subset policy, then optionally a loss rule inside the subset (the config's `policy`)."""
+    """A subset policy, then optionally a loss rule inside the subset (`config.pruning.policy`)."""
 
-    def __init__(self, subset, rule: InfoBatch | None = None):
-        self.subset, self.rule = subset, rule
+    def __init__(self, spec: PruningSpec, *, num_samples: int, seed: int, total_examples: int):
+        if spec.subset == "none":
+            self.subset = FullData(num_samples)
+        elif spec.subset == "random":
+            self.subset = RandomSubset(num_samples, rho=spec.rho, seed=seed)
+        elif spec.subset == "static":
+            self.subset = StaticSubset(Selection.load(spec.selection, num_samples=num_samples))
+        else:
+            self.subset = ClusterBalanced(num_samples, spec, seed=seed)
+        self.rule = None
+        if spec.rule == "infobatch":
+            self.rule = InfoBatch(prune_ratio=spec.prune_ratio, delta=spec.delta, total_examples=total_examples,
+                                  seed=seed)
 
-    def select(self, epoch: int, *, previous: Selection | None, examples_seen: int,
-               **signals) -> tuple[Selection, Selection]:
-        """The epoch's subset and the Selection served from it.
+    def plan(self, epoch: int, examples_seen: int, *, last_resampling_epoch: int | None) -> Needs:
+        """What `decide` will read for `epoch`, which starts after `examples_seen` examples."""
+        return Needs(embed=self.subset.plan(epoch, examples_seen, last_resampling_epoch),
+                     loss_table=self.rule is not None and self.rule.reads_table(examples_seen))
+
+    def decide(self, epoch: int, examples_seen: int, *, previous: Selection | None,
+               last_resampling_epoch: int | None, embeddings: np.ndarray | None = None,
+               loss_table: dict[str, np.ndarray] | None = None) -> Decision:
+        """The epoch's Decision from what `plan` asked for.
 
         Args:
           epoch: the epoch about to start.
+          examples_seen: examples seen before it.
           previous: the previous epoch's subset (None at the start of a run).
-          examples_seen: examples seen before this epoch.
-          **signals: `embed(indices) -> features` and `loss_table() -> dict`, read on demand.
-
-        Returns:
-          (subset, served): what the subset policy keeps this epoch and what the loss rule (if any)
-          serves of it. Without a loss rule they are the same Selection.
+          last_resampling_epoch: the epoch of the latest re-clustering, None before the first.
+          embeddings: [len(needs.embed), D] features of the planned indices, when planned.
+          loss_table: the host loss table, when planned.
         """
-        subset = self.subset.select(epoch, previous=previous, examples_seen=examples_seen, **signals)
-        if self.rule is None:
-            return subset, subset
-        return subset, self.rule.apply(subset, epoch, examples_seen=examples_seen,
-                                       loss_table=signals["loss_table"])
-
-    @property
-    def last_resampling(self) -> dict[str, Any] | None:
-        """Cluster sizes of the latest re-clustering, for cluster-balanced subsets."""
-        return getattr(self.subset, "last_resampling", None)
-
-
-def make_policy(pruning, *, num_samples: int, seed: int, total_examples: int) -> Pruner:
-    """The Pruner named by `pruning.policy` with the hyperparameters of `config.pruning`."""
-    subset_name, rule_name = parse_policy(pruning.policy)
-    if subset_name == "none":
-        subset = FullData(num_samples)
-    elif subset_name == "random":
-        subset = RandomSubset(num_samples, rho=pruning.rho, seed=seed)
-    elif subset_name == "static":
-        subset = StaticSubset(pruning.selection, num_samples=num_samples)
-    else:
-        subset = ClusterBalanced(num_samples, rho=pruning.rho, eta=pruning.eta,
-                                 warmup_examples=pruning.warmup_examples,
-                                 every_epochs=pruning.every_epochs, subset_size=pruning.subset_size,
-                                 n_clusters=pruning.n_clusters, n_resamples=pruning.n_resamples,
-                                 seed=seed)
-    rule = None
-    if rule_name == "infobatch":
-        rule = InfoBatch(prune_ratio=pruning.prune_ratio, delta=pruning.delta,
-                         total_examples=total_examples, seed=seed)
-    return Pruner(subset, rule)
+        subset, report = self.subset.decide(epoch, examples_seen, previous, last_resampling_epoch, embeddings)
+        served = subset
+        if self.rule is not None:
+            served = self.rule.apply(subset, epoch, examples_seen=examples_seen, loss_table=loss_table)
+        return Decision(subset=subset, served=served, report=report)

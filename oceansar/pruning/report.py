@@ -1,12 +1,12 @@
-"""What a pruned run reports about its selections: the resampling log and the pruning figure.
+"""What a pruned run reports about its selections: the re-clustering reports and the pruning figure.
 
-Every re-clustering of a cluster-balanced policy appends a record (epoch, examples seen, points
-embedded and kept, leaf and top-level cluster sizes before and after balanced sampling) to
-`<workdir>/pruning/resamplings.json`; a resumed run first drops the records of epochs the
-checkpoint had not reached, so the file always describes the run's one history. `plot_pruning`
-draws the class shares of the served selection over training (on the simulator, whose hidden
-labels exist: the picture of pruning rebalancing the tail) and the cluster-size distributions
-before and after sampling (log-log rank plots, as in seed 002's figure 4).
+Every re-clustering of a cluster-balanced policy yields a report (epoch, examples seen, points embedded
+and kept, leaf and top-level cluster sizes before and after balanced sampling). The reports live in the
+run state, and so in the checkpoint: a resumed run carries exactly the history of the step it resumed
+from, and `write_reports` mirrors it to `<workdir>/pruning/resamplings.json`. `plot_pruning` draws the
+class shares of the served selection over training (on the simulator, whose hidden labels exist: the
+picture of pruning rebalancing the tail) and the cluster-size distributions before and after sampling
+(log-log rank plots).
 """
 from __future__ import annotations
 
@@ -15,28 +15,12 @@ import pathlib
 from typing import Any
 
 
-class ResamplingLog:
-    """The JSON list of a run's re-clusterings, written by the main process."""
-
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
-        self.path = pathlib.Path(workdir) / "pruning" / "resamplings.json"
-        self.enabled = enabled
-        self.records: list[dict[str, Any]] = (
-            json.loads(self.path.read_text()) if self.path.exists() else [])
-
-    def truncate_after(self, epoch: int) -> None:
-        """Forgets re-clusterings of epochs later than `epoch` (a resumed run redoes them)."""
-        self.records = [r for r in self.records if r["epoch"] <= epoch]
-        self._write()
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self._write()
-
-    def _write(self) -> None:
-        if self.enabled and (self.records or self.path.exists()):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.records))
+def write_reports(workdir: str | pathlib.Path, reports: list[dict[str, Any]]) -> None:
+    """Writes a run's re-clustering reports (its run state's history) to `pruning/resamplings.json`."""
+    path = pathlib.Path(workdir) / "pruning" / "resamplings.json"
+    if reports or path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(reports))
 
 
 def resampling_scalars(record: dict[str, Any]) -> dict[str, float]:

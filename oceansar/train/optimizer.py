@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from oceansar.spec import OptimSpec
+
 
 def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
     """Rescales each gradient tensor on its own to L2 norm at most `max_norm` (DINO's rule).
@@ -33,7 +35,7 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim_config) -> optax.GradientTransformation:
+def make_optimizer(optim_config: OptimSpec) -> optax.GradientTransformation:
     """AdamW with injectable `learning_rate` and `weight_decay`, clipped per tensor first."""
 
     def adamw(learning_rate, weight_decay):

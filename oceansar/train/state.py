@@ -15,6 +15,7 @@ from flax import nnx, struct
 
 from oceansar.models.dino_head import DINOModel
 from oceansar.pruning import loss_stats
+from oceansar.spec import ModelSpec, RunSpec
 
 
 class TrainState(struct.PyTreeNode):
@@ -28,33 +29,32 @@ class TrainState(struct.PyTreeNode):
     finite: jax.Array        # bool: every loss so far was finite
 
 
-def build_model(model_config, *, img_size: int, seed: int) -> DINOModel:
-    """The student/teacher architecture of a config, initialised from `seed`."""
+def build_model(model: ModelSpec, *, img_size: int, seed: int) -> DINOModel:
+    """The student/teacher architecture of a model spec, initialised from `seed`."""
     return DINOModel(
-        model_config.variant, img_size=img_size, in_channels=model_config.in_channels,
-        out_dim=model_config.out_dim, hidden_dim=model_config.hidden_dim,
-        bottleneck_dim=model_config.bottleneck_dim, norm_last_layer=model_config.norm_last_layer,
-        drop_path_rate=model_config.drop_path_rate, dtype=jnp.dtype(model_config.dtype),
-        rngs=nnx.Rngs(seed))
+        model.variant, img_size=img_size, in_channels=model.in_channels, out_dim=model.out_dim,
+        hidden_dim=model.hidden_dim, bottleneck_dim=model.bottleneck_dim,
+        norm_last_layer=model.norm_last_layer, drop_path_rate=model.drop_path_rate,
+        dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(seed))
 
 
-def init_state(config, *, num_samples: int, tx: optax.GradientTransformation):
+def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformation):
     """Builds the model and its initial TrainState.
 
     Returns:
       (graphdef, rest, state): `graphdef` and `rest` (non-parameter variables, static) rebuild the
       module with `nnx.merge(graphdef, params, rest)`.
     """
-    model = build_model(config.model, img_size=config.crops.global_size, seed=config.seed)
+    model = build_model(run.model, img_size=run.crops.global_size, seed=run.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         teacher=jax.tree.map(jnp.copy, params),
         opt_state=tx.init(params),
-        center=jnp.zeros((config.model.out_dim,), jnp.float32),
+        center=jnp.zeros((run.model.out_dim,), jnp.float32),
         loss_stats=loss_stats.init(num_samples),
-        rng=jax.random.PRNGKey(config.seed + 1),
+        rng=jax.random.PRNGKey(run.seed + 1),
         finite=jnp.ones((), jnp.bool_),
     )
     return graphdef, rest, state

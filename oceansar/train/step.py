@@ -1,4 +1,4 @@
-"""The DINO train step: one pure jitted function `train_step(state, batch)`.
+"""The DINO train step: one pure function `train_step(state, batch)`, jitted once by the Experiment.
 
 On device, in one program: uint8 -> standardised float, multi-crop augmentation, student forward on
 the global and local stacks (two static shapes), teacher forward on the global crops, the weighted
@@ -9,7 +9,7 @@ EMA, centering, and the scatter of the per-sample losses into the loss-statistic
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ from flax import nnx
 from oceansar import augment
 from oceansar.losses import dino
 from oceansar.pruning import loss_stats
+from oceansar.spec import RunSpec
 from oceansar.train import optimizer as optim_lib
 from oceansar.train import schedules
 from oceansar.train.state import TrainState, last_layer_mask
@@ -26,7 +27,7 @@ from oceansar.train.state import TrainState, last_layer_mask
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """A config's example budgets turned into step counts for one global batch size."""
+    """A run's example budgets turned into step counts for one global batch size."""
 
     batch_size: int
     total_steps: int
@@ -35,54 +36,34 @@ class Budget:
     teacher_temp_warmup_steps: int
 
     @classmethod
-    def from_config(cls, config) -> "Budget":
-        b = config.batch_size
+    def from_spec(cls, spec: RunSpec) -> "Budget":
+        b = spec.batch_size
         return cls(
             batch_size=b,
-            total_steps=config.total_examples // b,
-            warmup_steps=config.optim.warmup_examples // b,
-            freeze_last_layer_steps=config.optim.freeze_last_layer_examples // b,
-            teacher_temp_warmup_steps=config.dino.teacher_temp_warmup_examples // b)
+            total_steps=spec.total_examples // b,
+            warmup_steps=spec.optim.warmup_examples // b,
+            freeze_last_layer_steps=spec.optim.freeze_last_layer_examples // b,
+            teacher_temp_warmup_steps=spec.dino.teacher_temp_warmup_examples // b)
 
 
-def multicrop_spec(crops_config) -> augment.MultiCropSpec:
-    c = crops_config
-    return augment.MultiCropSpec(
-        global_size=c.global_size, local_size=c.local_size, n_local=c.n_local,
-        n_global=c.n_global, global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
-        ratio=tuple(c.ratio), interpolation=c.interpolation, flip_p=c.flip_p, vflip_p=c.vflip_p,
-        rot90=c.rot90, jitter_p=c.jitter_p, db_offset=c.db_offset, contrast=tuple(c.contrast),
-        blur_p_global=tuple(c.blur_p_global), blur_p_local=c.blur_p_local,
-        blur_sigma=tuple(c.blur_sigma))
-
-
-def standardize(image: jax.Array, *, mean: float, std: float) -> jax.Array:
-    """Source pixels (uint8, or float already in [0, 1]) to standardised float32."""
-    x = image.astype(jnp.float32)
-    if image.dtype == jnp.uint8:
-        x = x / 255.0
-    return (x - mean) / std
-
-
-def make_train_step(graphdef, rest, tx: optax.GradientTransformation, config, budget: Budget, *,
+def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSpec, budget: Budget, *,
                     update_loss_stats: bool = True
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
-    """The jitted `train_step(state, batch) -> (state, metrics, per_sample_loss)`.
+    """The pure `train_step(state, batch) -> (state, metrics, per_sample_loss)`, to be jitted by the caller.
 
-    `batch` holds `image` [B,H,W,C], `sample_id` [B] and `weight` [B], sharded over `data`. The
-    state argument is donated. `update_loss_stats=False` leaves the loss table untouched; it exists
-    so `benchmarks/pruning_overhead.py` can price the table update against the same step.
+    `batch` holds `image` [B,H,W,C], `sample_id` [B] and `weight` [B], sharded over `data`.
+    `update_loss_stats=False` leaves the loss table untouched; it exists so
+    `benchmarks/pruning_overhead.py` can price the table update against the same step.
     """
-    spec = multicrop_spec(config.crops)
-    d, o = config.dino, config.optim
+    spec, d, o = run.crops, run.dino, run.optim
     peak_lr = o.base_lr * budget.batch_size / 256.0
-    stats_momentum = config.pruning.loss_stats_momentum
+    stats_momentum = run.pruning.loss_stats_momentum
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         step = state.step
         key = jax.random.fold_in(state.rng, step)
         k_aug, k_drop = jax.random.split(key)
-        images = standardize(batch["image"], mean=config.data.mean, std=config.data.std)
+        images = augment.standardize(batch["image"], mean=run.data.mean, std=run.data.std)
         globals_, locals_ = augment.multicrop(k_aug, images, spec)
 
         lr = schedules.warmup_cosine(step, peak=peak_lr, end=o.min_lr,
@@ -144,23 +125,4 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, config, bu
                                   finite=finite)
         return new_state, metrics, per_sample
 
-    return jax.jit(train_step, donate_argnums=(0,))
-
-
-def make_embed_fn(graphdef, rest, config, *, features: str) -> Callable[[Any, jax.Array], jax.Array]:
-    """Jitted `embed(teacher_params, images) -> [B, D]` on one deterministic centre view.
-
-    `features` is "cls" or "cls+mean_patch" (CLS concatenated with the mean patch token).
-    """
-    size = config.crops.global_size
-
-    def embed(params, images):
-        model = nnx.merge(graphdef, params, rest)
-        x = standardize(images, mean=config.data.mean, std=config.data.std)
-        x = augment.center_view(x, size)
-        out = model.backbone(x, train=False)
-        if features == "cls":
-            return out["cls"]
-        return jnp.concatenate([out["cls"], jnp.mean(out["patch"], axis=1)], axis=-1)
-
-    return jax.jit(embed)
+    return train_step

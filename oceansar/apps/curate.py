@@ -6,9 +6,10 @@ before/after; a grid of kept versus removed images when the source can render th
 `hkmeans` (hierarchical k-means with resampling + balanced sampling to a target, Vo et al.),
 `semdedup` (SemDeDup at several eps, the kept set of the chosen one written), and `rs_prune`
 (entropy filter over the source images + scene-aware sampling guided by a labelled reference set).
-Every input is checked, with the config field or file named, before any clustering runs.
-`load_static_selection` reads a selection back for pretraining. The kernels live in `curation/`;
-this module is configuration, validation and files.
+Every input is checked, with the config field or file named, before any clustering runs. The
+selection is written with `Selection.save`, the one owner of the format, which the static pruning
+policy reads back with `Selection.load`. The kernels live in `curation/`; this module is
+configuration, validation and files.
 """
 from __future__ import annotations
 
@@ -25,16 +26,15 @@ import numpy as np
 from absl import logging
 
 from curation import dedup, entropy as entropy_lib, hierarchical, io as curation_io, sampling, scene
-from oceansar import embed as embed_lib, sharding
+from oceansar import sharding
+from oceansar.apps import embed as embed_lib
 from oceansar.data import sources
 from oceansar.data.selection import Selection
 from oceansar.evals import features as features_lib
 from oceansar.models.vit import parse_variant
+from oceansar.spec import DataSpec, EvalSpec, build
 
 RECIPES = ("hkmeans", "semdedup", "rs_prune")
-KEPT_FILE = "kept_indices.npy"
-WEIGHTS_FILE = "weights.npy"
-SUMMARY_FILE = "summary.json"
 
 
 @dataclasses.dataclass
@@ -55,7 +55,7 @@ class _Pool:
         """(source whose index i is row i, "") or (None, why there is none); built once."""
         if self._source is None:
             data, seed, reason = _pool_data(config, self)
-            source = None if data is None else sources.make_pretrain_source(data, seed=seed)
+            source = None if data is None else sources.make_pretrain_source(build(DataSpec, data, "data"), seed=seed)
             if source is not None and len(source) != self.n:
                 raise ValueError(f"config.data: {source!r} has {len(source)} samples but {self.path} holds "
                                  f"{self.n} embeddings; curate the source that was embedded")
@@ -245,15 +245,12 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
     data, seed, reason = _pool_data(config, pool)
     if data is None:
         raise ValueError(f"config.rs_prune.reference: embedding the reference needs the pool's image size: {reason}")
-    view = ml_collections.ConfigDict({
-        "seed": seed,
-        "data": {"image_size": data.image_size},
-        "model": {"in_channels": spec["in_channels"]},
-        "eval": {"source": ref.source, "root": ref.root, "tfds_name": ref.tfds_name,
-                 "train_split": ref.split, "test_split": ref.split,
-                 "num_train_per_class": ref.num_per_class, "num_test_per_class": 1},
-    })
-    source = sources.make_eval_sources(view)[0]
+    view = EvalSpec(source=ref.source, root=ref.root, tfds_name=ref.tfds_name, train_split=ref.split,
+                    test_split=ref.split, num_train_per_class=ref.num_per_class, num_test_per_class=1,
+                    probes=("knn",), targets=(), knn_ks=(1,), every_examples=0, features="cls",
+                    batch_size=ref.batch_size, n_bootstrap=1)
+    source = sources.make_eval_sources(view, image_size=data.image_size, in_channels=spec["in_channels"],
+                                       seed=seed, cache=False)[0]
     start = time.perf_counter()
     result, _ = embed_lib.embed_source(release_dir, source, batch_size=ref.batch_size, mesh=mesh,
                                        progress=config.progress, desc="embed reference")
@@ -404,35 +401,8 @@ def curate(config, workdir: str | pathlib.Path) -> pathlib.Path:
     summary["kept_removed_plot"] = _plot_examples(config, pool, kept, out_dir)
     summary["seconds"] = {k: round(v, 3) for k, v in timings.items()}
     summary["config"] = config.to_dict()
-    curation_io.save_selection(out_dir, kept, summary=summary)
+    Selection.subset(kept).save(out_dir, summary=summary)
     logging.info("%s kept %d of %d in %.1f s", config.recipe, kept.size, pool.n, timings["total"])
     print(f"{config.recipe}: kept {kept.size} of {pool.n} ({100 * kept.size / pool.n:.1f} %) in "
           f"{timings['total']:.1f} s -> {out_dir}")
     return out_dir
-
-
-def load_static_selection(path: str | pathlib.Path, *, num_samples: int | None = None) -> Selection:
-    """A selection written by `--mode=curate`, as the Selection a pretraining policy visits every epoch.
-
-    Args:
-      path: the curate run's directory (kept_indices.npy, optional weights.npy, summary.json).
-      num_samples: the pretraining source's size; when given, the selection must have been curated from
-        embeddings of exactly that many samples and index inside it.
-
-    Returns:
-      Selection of the kept source indices, weight 1 unless weights.npy exists.
-    """
-    path = pathlib.Path(path)
-    kept_file = path / KEPT_FILE
-    if not kept_file.is_file():
-        raise FileNotFoundError(f"{kept_file} not found: not a selection written by --mode=curate")
-    weights = np.load(path / WEIGHTS_FILE) if (path / WEIGHTS_FILE).is_file() else None
-    selection = Selection.subset(np.load(kept_file), weights)
-    if num_samples is not None:
-        if (path / SUMMARY_FILE).is_file():
-            curated_from = json.loads((path / SUMMARY_FILE).read_text())["num_embeddings"]
-            if curated_from != num_samples:
-                raise ValueError(f"the selection in {path} was curated from {curated_from} embeddings but the "
-                                 f"pretraining source has {num_samples} samples")
-        selection.validate(num_samples)
-    return selection

@@ -4,7 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from oceansar.data import synthetic_wv as sw
+from oceansar.apps import simulator_figure
+from oceansar.data import synthetic as sw
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -180,13 +181,13 @@ def test_every_class_renders_finite_at_small_and_odd_sizes():
 
 def test_figure_without_real_quicklooks(tmp_path):
     out = tmp_path / "fig.png"
-    note = sw.make_figure(str(out), image_size=16, real_dir=None, samples_per_class=2)
+    note = simulator_figure.make_figure(str(out), image_size=16, real_dir=None, samples_per_class=2)
     assert "not found" in note
     assert 0 < out.stat().st_size < 1_000_000
 
 
 def test_real_quicklooks_load_at_simulator_pixel_size(shared_data):
-    real = sw.load_quicklooks(str(shared_data / "s1wv_samples"), image_size=64)
+    real = simulator_figure.load_quicklooks(str(shared_data / "s1wv_samples"), image_size=64)
     assert len(real) == 15
     caption, image = real[0]
     assert image.shape == (64, 64) and caption

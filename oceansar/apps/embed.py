@@ -1,11 +1,10 @@
 """`launch.py --mode=embed`: embeddings of any pretraining source with a released backbone.
 
-Here live the jitted embedding function of a release (standardise with the release's input scale, one
-centre view at the release's resolution, CLS token, L2 normalisation), its run over a source (the
-batched, mesh-sharded loop itself is `oceansar.evals.features.extract_features`), and the mode
+Here live the run of a release's embedding (`oceansar.embedding` with the release's input scale and
+resolution, CLS, L2-normalised) over a source through the feature pipeline, and the mode
 `embed(config, workdir)`, which writes `X.npy` (float16) + `sample_ids.npy` with `curation.io`, plus
 `labels.npy` when the source is labelled and `embed.json` (which source, which release, so curation
-can render the images behind each row). Curation decisions live in `oceansar/curate.py`.
+can render the images behind each row). Curation decisions live in `oceansar/apps/curate.py`.
 """
 from __future__ import annotations
 
@@ -13,46 +12,21 @@ import functools
 import json
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from curation import io as curation_io
-from oceansar import augment, release, sharding
+from oceansar import embedding, release, sharding
 from oceansar.data import sources
 from oceansar.evals import features as features_lib
+from oceansar.spec import DataSpec, build
 
 MANIFEST_FILE = "embed.json"
 LABELS_FILE = "labels.npy"
-
-
-def make_embed_fn(release_dir: str | pathlib.Path) -> tuple[Callable[[Any, jax.Array], jax.Array], Any,
-                                                             dict[str, Any]]:
-    """The jitted embedding function of a released backbone.
-
-    Args:
-      release_dir: a directory written by `oceansar.release.export` (`--mode=export`).
-
-    Returns:
-      (fn, params, spec): `fn(params, images)` maps source images [B, H, W, C] (uint8, or float in
-      [0, 1]) to L2-normalised CLS features [B, D] float32, on the release's centre view; `spec` is
-      the release's `model.json`.
-    """
-    vit, spec = release.load(release_dir)
-    graphdef, params = nnx.split(vit)
-
-    def embed_images(params, images):
-        model = nnx.merge(graphdef, params)
-        x = augment.center_view(release.standardize(images, spec), spec["img_size"])
-        cls = model(x, train=False)["cls"]
-        return cls / jnp.maximum(jnp.linalg.norm(cls, axis=-1, keepdims=True), 1e-12)
-
-    return jax.jit(embed_images), params, spec
 
 
 def embed_source(release_dir: str | pathlib.Path, source, *, batch_size: int, mesh: jax.sharding.Mesh,
@@ -71,7 +45,10 @@ def embed_source(release_dir: str | pathlib.Path, source, *, batch_size: int, me
       (result, spec): `result` from `extract_features` ("features" [n, D] float32, "sample_id" [n] and
       the records' scalar fields such as "label"), and the release's spec.
     """
-    fn, params, spec = make_embed_fn(release_dir)
+    vit, spec = release.load(release_dir)
+    graphdef, params = nnx.split(vit, nnx.Param)
+    fn = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"], img_size=spec["img_size"],
+                                 in_channels=spec["in_channels"], l2_normalize=True)
     channels = np.asarray(source[0]["image"]).shape[-1]
     if channels != spec["in_channels"]:
         raise ValueError(f"{source!r} gives {channels}-channel images but the release at {release_dir} "
@@ -103,7 +80,7 @@ def embed(config, workdir: str | pathlib.Path) -> pathlib.Path:
     if config.batch_size <= 0 or config.batch_size % mesh.size:
         raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of the "
                          f"{mesh.size} devices")
-    source = sources.make_pretrain_source(config.data, seed=config.seed)
+    source = sources.make_pretrain_source(build(DataSpec, config.data, "data"), seed=config.seed)
     out_dir = pathlib.Path(workdir)
     start = time.perf_counter()
     result, spec = embed_source(release_dir, source, batch_size=config.batch_size, mesh=mesh,

@@ -1,12 +1,13 @@
 """`launch.py --mode=compare`: curation methods trained at equal compute, one table and two figures.
 
-For each seed, one full-data warm-up prefix is trained (`loop.run(..., stop_at_step)`, T_w rounded up
+For each seed, one full-data warm-up prefix is trained (`pretrain(..., stop_at_step)`, T_w rounded up
 to an epoch boundary, schedules spanning the whole budget) and released. The static methods embed the
 pool with that warm-up teacher (`--mode=embed`) and curate it once (`--mode=curate`: SemDeDup at the
 eps whose kept fraction is closest to rho, hierarchical k-means balanced sampling to rho). Every
 method then continues from the warm-up checkpoint to the same number of examples seen, so the runs
 differ only in what they train on after T_w (and "full" is exactly an uninterrupted full-data run).
-Results are read back from each run's `summary.json` and `metrics.jsonl`; a finished run is never
+Results are read back from each run's `summary.json` and `metrics.jsonl`; the table's columns are the
+headline metrics of the evaluators that ran (`summary.json`'s `evaluated`). A finished run is never
 redone and an interrupted one resumes from its own checkpoint, so rerunning the command continues.
 """
 from __future__ import annotations
@@ -21,11 +22,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from oceansar.curate import curate, KEPT_FILE, SUMMARY_FILE
+from oceansar.apps.curate import curate
+from oceansar.apps.embed import embed
+from oceansar.apps.pretrain import pretrain
 from oceansar.data import pipeline
-from oceansar.embed import embed
+from oceansar.data.selection import KEPT_FILE, SUMMARY_FILE
 from oceansar.metrics import read_jsonl
-from oceansar.train import loop
 
 METHODS = {                       # method -> pruning.policy
     "full": "none",
@@ -35,10 +37,6 @@ METHODS = {                       # method -> pruning.policy
     "dynamic": "cluster_balanced",
     "dynamic_infobatch": "cluster_balanced+infobatch",
 }
-# (eval key, column title, higher is better)
-COLUMNS = (("knn/top1_k20", "k-NN top-1", True), ("knn/balanced_acc_k20", "k-NN bal. acc", True),
-           ("linear/top1", "linear top-1", True), ("wind_speed/rmse", "wind RMSE m/s", False),
-           ("hs/rmse", "Hs RMSE m", False))
 
 
 def _check(config) -> None:
@@ -48,8 +46,9 @@ def _check(config) -> None:
         raise ValueError(f"config.compare.methods: unknown {unknown or 'empty list'}; known: {tuple(METHODS)}")
     if not config.compare.seeds:
         raise ValueError("config.compare.seeds: empty")
-    if config.eval.every_examples <= 0:
-        raise ValueError("config.eval.every_examples: the comparison evaluates along the budget; set > 0")
+    if not any(e.every_examples > 0 for e in config.evals.values()):
+        raise ValueError("config.evals: the comparison evaluates along the budget; give an evaluator "
+                         "every_examples > 0")
 
 
 def _prefix_steps(config) -> int:
@@ -96,7 +95,7 @@ def _embed_config(config, release_dir: pathlib.Path):
     e = ml_collections.ConfigDict()
     e.name, e.seed, e.release = "embed", config.seed, str(release_dir)
     e.data = config.data.copy_and_resolve_references()
-    e.batch_size = config.eval.batch_size
+    e.batch_size = config.pruning.embed_batch_size
     e.num_devices, e.progress = config.num_devices, False
     return e
 
@@ -122,7 +121,7 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
         if not (warm / "release" / "model.json").is_file():
             warm_config = base.copy_and_resolve_references()
             warm_config.pruning.policy = "none"
-            loop.run(warm_config, warm, stop_at_step=prefix)
+            pretrain(warm_config, warm, stop_at_step=prefix)
         bar.update(1)
         static = _static_selections(base, seed_dir, warm / "release", methods)
         for method in methods:
@@ -132,9 +131,9 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
                 c.pruning.policy = METHODS[method]
                 c.pruning.selection = str(static.get(method, ""))
                 c.resume = str(warm / "checkpoints")
-                c.eval.at_init = method == methods[0]   # the random-init reference, once per seed
+                c.eval_at_init = method == methods[0]   # the random-init reference, once per seed
                 bar.set_postfix(seed=seed, method=method)
-                loop.run(c, run_dir)
+                pretrain(c, run_dir)
             raw["runs"][f"{method}/seed{seed}"] = _read_run(run_dir, warm)
             bar.update(1)
         raw["runs"][f"at_init/seed{seed}"] = {
@@ -154,7 +153,7 @@ def _read_run(run_dir: pathlib.Path, warm: pathlib.Path) -> dict[str, Any]:
     train = [r for r in records if "train/loss" in r]
     share_keys = sorted({k for r in train for k in r if k.startswith("pruning/class_share/")})
     mix = {k.rsplit("/", 1)[-1]: float(np.mean([r.get(k, 0.0) for r in train])) for k in share_keys}
-    return {"final": summary["final"], "pruning": summary["pruning"],
+    return {"final": summary["final"], "pruning": summary["pruning"], "evaluated": summary["evaluated"],
             "train_seconds": summary["train_seconds"], "curve": curve, "class_mix": mix}
 
 
@@ -163,29 +162,36 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
+def columns(raw: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(metric key, title, higher is better) of the headline metrics every run evaluated."""
+    runs = [r for k, r in raw["runs"].items() if not k.startswith("at_init/")]
+    return [tuple(c) for c in runs[0]["evaluated"] if all(c[0] in r["final"] for r in runs)]
+
+
 def table(raw: dict[str, Any], config) -> str:
     """The markdown results table: final evaluation, mean ± std over seeds, best in bold."""
     methods = ["at_init"] + list(config.compare.methods)
     seeds = tuple(config.compare.seeds)
+    cols = columns(raw)
     cells: dict[str, dict[str, tuple[float, float]]] = {}
     for m in methods:
         runs = [raw["runs"][f"{m}/seed{s}"] for s in seeds]
-        cells[m] = {key: _stats([r["final"][key] for r in runs]) for key, _, _ in COLUMNS}
+        cells[m] = {key: _stats([r["final"][key] for r in runs]) for key, _, _ in cols}
         if m != "at_init":
             cells[m]["seconds"] = _stats([r["train_seconds"] for r in runs])
             cells[m]["kept"] = _stats([r["pruning"]["kept_fraction"] for r in runs])
             cells[m]["resamplings"] = _stats([r["pruning"]["resamplings"] for r in runs])
             cells[m]["distinct"] = _stats([r["pruning"]["distinct_seen_fraction"] for r in runs])
     best = {}
-    for key, _, higher in COLUMNS:
+    for key, _, higher in cols:
         means = {m: cells[m][key][0] for m in config.compare.methods}
         best[key] = (max if higher else min)(means, key=means.get)
-    head = (["method"] + [title for _, title, _ in COLUMNS]
+    head = (["method"] + [title for _, title, _ in cols]
             + ["final kept", "pool seen", "resamplings", "train s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         row = [m if m != "at_init" else "random init (reference)"]
-        for key, _, _ in COLUMNS:
+        for key, _, _ in cols:
             mean, std = cells[m][key]
             text = f"{mean:.3f} ± {std:.3f}"
             row.append(f"**{text}**" if best.get(key) == m else text)
@@ -205,8 +211,9 @@ def plot_curves(raw: dict[str, Any], config, out: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 3.6), squeeze=False)
-    for ax, (key, title, _) in zip(axes[0], COLUMNS):
+    cols = columns(raw)
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.6), squeeze=False)
+    for ax, (key, title, _) in zip(axes[0], cols):
         for method in config.compare.methods:
             curves = [{p["examples_seen"]: p[key] for p in raw["runs"][f"{method}/seed{s}"]["curve"]
                        if key in p} for s in config.compare.seeds]
@@ -268,8 +275,8 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         "",
         f"Model {config.model.variant}, pool of {config.data.num_samples} {config.data.source} images, "
         f"batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
-        f"same full-data warm-up of {prefix} examples. Final evaluation of the teacher (balanced "
-        f"splits, {config.eval.num_train_per_class}/{config.eval.num_test_per_class} per class); "
+        f"same full-data warm-up of {prefix} examples. Final evaluation of the teacher by the evaluators "
+        f"{', '.join(config.evals.keys())}; "
         "mean ± std over seeds; best method per column in bold. `final kept`: the fraction of the pool "
         "in the last epoch's selection; `pool seen`: the fraction of the pool trained on at least once. "
         "`train s`: training wall time including resamplings and "

@@ -1,0 +1,18 @@
+"""The application floor: one module per `launch.py --mode`, each a function of (config, workdir).
+
+`pretrain` (train, evaluate, release, summarise), `evaluate` and `export` (a run's latest checkpoint),
+`embed` (a pool's embeddings with a release), `curate` (offline curation recipes on embeddings) and
+`compare` (curation methods at equal compute), plus the simulator's figure command. This is the only
+floor that reads several rooms of the library to run a job; nothing in `oceansar/` outside it, nor in
+`curation/`, imports it. No training logic lives here: the loop, the Experiment, the policies and the
+kernels are the library's.
+"""
+from oceansar.apps.compare import compare
+from oceansar.apps.curate import curate
+from oceansar.apps.embed import embed
+from oceansar.apps.evaluate import evaluate
+from oceansar.apps.export import export
+from oceansar.apps.pretrain import pretrain
+
+MODES = {"pretrain": pretrain, "evaluate": evaluate, "export": export, "embed": embed, "curate": curate,
+         "compare": compare}

@@ -1,0 +1,194 @@
+"""The Experiment: everything a run computes with, built once from a config.
+
+`Experiment.build(config, num_samples=N)` validates the config into a `RunSpec` (every field named on
+error, before anything compiles), makes the mesh, the optimizer and the budget, derives the model's
+graph and the abstract train state with `jax.eval_shape` (nothing materialised: evaluate and export
+restore into it straight from a checkpoint), and holds the embedding functions and the named
+evaluators. The train step is compiled ahead of time (`compile_train_step`), and its per-device memory
+and FLOPs are logged before step 1. Every application, benchmark and test builds its model, state and
+step through here, so there is one construction sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from oceansar import embedding, release, sharding
+from oceansar.checkpoint import Checkpointer
+from oceansar.evals.evaluator import Evaluator
+from oceansar.spec import RunSpec
+from oceansar.train import optimizer as optim_lib
+from oceansar.train import state as state_lib
+from oceansar.train import step as step_lib
+from oceansar.train.run_state import RunState
+from oceansar.train.state import TrainState
+
+
+def _shaped(tree: Any, sharding_: NamedSharding) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
+
+
+def program_report(compiled) -> dict[str, float]:
+    """Per-device FLOPs and buffer sizes of a compiled program, where the backend reports them."""
+    out: dict[str, float] = {}
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+        if cost and "flops" in cost:
+            out["flops"] = float(cost["flops"])
+    except Exception:  # noqa: BLE001 - backends without cost analysis raise assorted errors
+        pass
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - as above
+        stats = None
+    for field in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes", "peak_memory_in_bytes"):
+        if stats is not None and getattr(stats, field, None) is not None:
+            out[field] = int(getattr(stats, field))
+    return out
+
+
+def run_spec(config) -> RunSpec:
+    """The validated spec of a training config, checked against this job's devices and processes."""
+    return RunSpec.from_config(config, num_devices=config.num_devices or jax.device_count(),
+                               process_count=jax.process_count())
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A run's model, optimizer, abstract state, shardings, compiled functions and evaluators."""
+
+    spec: RunSpec
+    num_samples: int
+    mesh: jax.sharding.Mesh
+    budget: step_lib.Budget
+    tx: optax.GradientTransformation
+    graphdef: nnx.GraphDef
+    rest: nnx.State
+    backbone_graphdef: nnx.GraphDef
+    abstract_state: TrainState
+    evaluators: dict[str, Evaluator]
+    _embed_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def build(cls, spec: RunSpec, *, num_samples: int) -> "Experiment":
+        """The Experiment of `spec` (see `run_spec`) over a pool of `num_samples` samples."""
+        mesh = sharding.make_mesh(spec.num_devices or None)
+        tx = optim_lib.make_optimizer(spec.optim)
+        model = nnx.eval_shape(lambda: state_lib.build_model(spec.model, img_size=spec.crops.global_size,
+                                                             seed=spec.seed))
+        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+        if jax.tree.leaves(rest):  # the step closes over `rest`: it must hold no arrays of its own
+            raise NotImplementedError("models with non-parameter variables (e.g. batch statistics)")
+        abstract = jax.eval_shape(lambda: state_lib.init_state(spec, num_samples=num_samples, tx=tx)[2])
+        evaluators = {name: Evaluator(name, e, image_size=spec.data.image_size, in_channels=spec.model.in_channels,
+                                      seed=spec.seed, cache=spec.data.cache)
+                      for name, e in spec.evals.items()}
+        return cls(spec=spec, num_samples=num_samples, mesh=mesh, budget=step_lib.Budget.from_spec(spec), tx=tx,
+                   graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, nnx.Param)[0],
+                   abstract_state=_shaped(abstract, sharding.replicated(mesh)), evaluators=evaluators)
+
+    def init_state(self, *, init_from: bool = True) -> TrainState:
+        """The initial train state, replicated over the mesh.
+
+        Args:
+          init_from: fill the backbones from `config.init_from` when it is set (False: the random-init
+            reference of a summary).
+        """
+        _, _, state = state_lib.init_state(self.spec, num_samples=self.num_samples, tx=self.tx)
+        if init_from and self.spec.init_from:
+            state = self._init_from(state, self.spec.init_from)
+        return sharding.replicate(self.mesh, state)
+
+    def _init_from(self, state: TrainState, path: str) -> TrainState:
+        """Student and teacher backbones from a release; head, optimizer and the rest stay fresh."""
+        pure = nnx.to_pure_dict(state.params)
+        pure["backbone"] = release.load_params(path, like=pure["backbone"], field="config.init_from")
+        params = state.params
+        nnx.replace_by_pure_dict(params, pure)
+        n = len(jax.tree.leaves(pure["backbone"]))
+        logging.warning("init_from: %d backbone tensors loaded from %s (head initialised fresh)", n, path)
+        return state.replace(params=params, teacher=jax.tree.map(jnp.copy, params),
+                             opt_state=self.tx.init(params))
+
+    def restore(self, ckpt: Checkpointer, step: int, *, data_iterator=None) -> TrainState:
+        """The train state of `step` of `ckpt`, restored straight into the mesh's shardings."""
+        return ckpt.restore_state(step, abstract_state=self.abstract_state, data_iterator=data_iterator)
+
+    def batch_spec(self, image_dtype) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes of one global training batch with `image_dtype` pixels, sharded over `data`."""
+        b, size, channels = self.spec.batch_size, self.spec.data.image_size, self.spec.model.in_channels
+        sharded = sharding.batch_sharded(self.mesh)
+        return {"image": jax.ShapeDtypeStruct((b, size, size, channels), np.dtype(image_dtype), sharding=sharded),
+                "sample_id": jax.ShapeDtypeStruct((b,), np.int64, sharding=sharded),
+                "weight": jax.ShapeDtypeStruct((b,), np.float32, sharding=sharded)}
+
+    def compile_train_step(self, image_dtype, *, update_loss_stats: bool = True, log: bool = True):
+        """The train step compiled ahead of time for batches of `image_dtype` pixels, state donated.
+
+        Logs the compiled program's per-device memory and FLOPs (`program_report`).
+        """
+        fn = step_lib.make_train_step(self.graphdef, self.rest, self.tx, self.spec, self.budget,
+                                      update_loss_stats=update_loss_stats)
+        replicated = sharding.replicated(self.mesh)
+        state_shardings = jax.tree.map(lambda _: replicated, self.abstract_state)
+        out_shardings = (state_shardings, replicated, sharding.batch_sharded(self.mesh))
+        jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=out_shardings)
+        compiled = jitted.lower(self.abstract_state, self.batch_spec(image_dtype)).compile()
+        if log:
+            report = program_report(compiled)
+            logging.info("train step compiled: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items()))
+        return compiled
+
+    def embed_fn(self, features: str = "cls") -> Callable[[Any, jax.Array], jax.Array]:
+        """`embed(teacher_params, images) -> [B, D]` of the teacher's backbone (not normalised), compiled once."""
+        if features not in self._embed_fns:
+            fn = embedding.make_embed_fn(
+                self.backbone_graphdef, mean=self.spec.data.mean, std=self.spec.data.std,
+                img_size=self.spec.crops.global_size, in_channels=self.spec.model.in_channels, features=features)
+            self._embed_fns[features] = lambda params, images: fn(params["backbone"], images)
+        return self._embed_fns[features]
+
+    def evaluate(self, teacher_params, *, names=None, progress: bool = False) -> dict[str, float]:
+        """Runs the named evaluators (all by default) on a teacher; keys are `<evaluator>/<metric>`."""
+        results: dict[str, float] = {}
+        for name in names if names is not None else self.evaluators:
+            evaluator = self.evaluators[name]
+            embed = self.embed_fn(evaluator.spec.features)
+            results |= evaluator(lambda images: embed(teacher_params, images), mesh=self.mesh,
+                                 seed=self.spec.seed, progress=progress)
+        return results
+
+    def due_evaluators(self, step: int) -> list[str]:
+        """The evaluators whose interval ends at `step` (the end of the budget excluded: evaluated then)."""
+        every = {name: e.spec.every_examples // self.spec.batch_size for name, e in self.evaluators.items()}
+        return [name for name, n in every.items() if n and step % n == 0 and step < self.budget.total_steps]
+
+
+def restore_latest(spec: RunSpec, workdir) -> tuple[Experiment, TrainState, int]:
+    """The Experiment of a run's workdir and its latest checkpoint's train state, restored directly.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+    """
+    directory = pathlib.Path(workdir) / "checkpoints"
+    ckpt = Checkpointer(directory)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {directory}: run --mode=pretrain first")
+    num_samples = RunState.from_tree(ckpt.restore_run(step)).num_samples
+    exp = Experiment.build(spec, num_samples=num_samples)
+    state = exp.restore(ckpt, step)
+    ckpt.close()
+    return exp, state, step

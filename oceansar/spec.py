@@ -1,0 +1,342 @@
+"""The run's schema: one typed, frozen spec per config block, built from the config and validated once.
+
+A recipe (`configs/*.py`) is an ml_collections ConfigDict; the library never reads it field by field.
+`RunSpec.from_config(config)` turns each block into its dataclass (`DataSpec`, `ModelSpec`, the crops'
+`augment.MultiCropSpec`, `DinoSpec`, `OptimSpec`, `PruningSpec`, one `EvalSpec` per named evaluator),
+refusing a missing or unknown field and any invalid value with a message that names the field
+(`config.pruning.rho: ...`), before anything is built or compiled. Defaults live only in `configs/`:
+no field here has one. Cross-block rules (crop sizes against the patch size, batch sizes against the
+devices) are checked by `RunSpec.check`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from oceansar.augment import MultiCropSpec
+from oceansar.models.vit import parse_variant
+
+SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
+EVAL_SOURCES = ("synthetic_wv", "folder", "tfds")
+PROBES = ("knn", "linear", "regression")
+FEATURES = ("cls", "cls+mean_patch")
+DTYPES = ("float32", "bfloat16", "float16")
+SUBSET_POLICIES = ("none", "random", "static", "cluster_balanced")
+LOSS_RULES = ("infobatch",)
+POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLICIES[1:] for r in LOSS_RULES)
+# Top-level blocks that belong to an application (`--mode=compare`), not to a training run.
+APP_BLOCKS = ("compare",)
+
+
+def _require(ok: bool, field: str, why: str) -> None:
+    if not ok:
+        raise ValueError(f"{field}: {why}")
+
+
+def _coerce(value: Any, annotation: str) -> Any:
+    """Config values to the spec's field type: lists to tuples, ints to floats where a float is meant."""
+    if annotation.startswith("tuple"):
+        inner = annotation[len("tuple["):-1].split(",")[0].strip() if "[" in annotation else ""
+        return tuple(_coerce(v, inner) for v in value)
+    if annotation == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def build(cls, block: Any, path: str):
+    """`cls` (a frozen dataclass) from the config block at `config.<path>`.
+
+    Raises:
+      ValueError: naming `config.<path>.<field>` for a missing, unknown or invalid field.
+    """
+    where = f"config.{path}." if path else "config."
+    if not isinstance(block, Mapping) and not hasattr(block, "keys"):
+        raise ValueError(f"{where[:-1]}: expected a block of fields, got {type(block).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    hints = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+             for f in dataclasses.fields(cls)}
+    given = list(block.keys())
+    for key in given:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            raise ValueError(f"{where}{key}: unknown field"
+                             + (f"; did you mean {', '.join(close)}?" if close else f"; known: {names}"))
+    for name in names:
+        if name not in given:
+            raise ValueError(f"{where}{name}: missing (every default lives in configs/)")
+    try:
+        return cls(**{name: _coerce(block[name], hints[name]) for name in names})
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """The pretraining pool (`config.data`)."""
+
+    source: str                # synthetic_wv | folder | wv_files | tfds
+    num_samples: int           # simulator pool size
+    image_size: int            # px
+    class_frequencies: tuple[float, ...]
+    burst_length: int
+    burst_jitter: float
+    root: str
+    labels_csv: str
+    tfds_name: str
+    tfds_split: str
+    skip_corrupt: bool
+    mean: float                # input standardisation of uint8 / 255 pixels
+    std: float
+    worker_count: int
+    cache: bool
+
+    def __post_init__(self):
+        _require(self.source in SOURCES, "source", f"unknown source {self.source!r}; known: {SOURCES}")
+        _require(self.image_size > 0, "image_size", f"must be positive, got {self.image_size}")
+        _require(self.std > 0, "std", f"must be positive, got {self.std}")
+        _require(self.worker_count >= 0, "worker_count", f"must be >= 0, got {self.worker_count}")
+        if self.source == "synthetic_wv":
+            _require(self.num_samples > 0, "num_samples", f"must be positive, got {self.num_samples}")
+        if self.source in ("folder", "wv_files"):
+            _require(bool(self.root), "root", f"the {self.source} source needs a directory")
+        if self.source == "tfds":
+            _require(bool(self.tfds_name), "tfds_name", "the tfds source needs a dataset name")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The student/teacher architecture (`config.model`)."""
+
+    variant: str               # ViT variant string, e.g. S/16, mu/8
+    in_channels: int
+    drop_path_rate: float
+    out_dim: int               # DINO prototypes K
+    hidden_dim: int
+    bottleneck_dim: int
+    norm_last_layer: bool
+    dtype: str                 # compute dtype
+
+    def __post_init__(self):
+        parse_variant(self.variant)  # its error names model.variant
+        for name in ("in_channels", "out_dim", "hidden_dim", "bottleneck_dim"):
+            _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+        _require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
+
+    @property
+    def patch(self) -> int:
+        return parse_variant(self.variant)["patch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DinoSpec:
+    """The DINO objective (`config.dino`, arXiv 2104.14294)."""
+
+    student_temp: float
+    teacher_temp: float
+    warmup_teacher_temp: float
+    teacher_temp_warmup_examples: int
+    center_momentum: float
+    teacher_momentum: float
+
+    def __post_init__(self):
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _require(getattr(self, name) > 0, name, "must be > 0")
+        for name in ("center_momentum", "teacher_momentum"):
+            _require(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
+        _require(self.teacher_temp_warmup_examples >= 0, "teacher_temp_warmup_examples", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    """AdamW and its schedules (`config.optim`); lr per 256 examples."""
+
+    base_lr: float
+    min_lr: float
+    warmup_examples: int
+    weight_decay: float
+    weight_decay_end: float
+    clip_grad: float
+    freeze_last_layer_examples: int
+    b1: float
+    b2: float
+
+    def __post_init__(self):
+        for name in ("base_lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad", "warmup_examples",
+                     "freeze_last_layer_examples"):
+            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("b1", "b2"):
+            _require(0 <= getattr(self, name) < 1, name, "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningSpec:
+    """What each epoch trains on (`config.pruning`): a subset policy, optionally a loss rule inside it."""
+
+    policy: str                # see POLICIES
+    rho: float                 # kept fraction of subset policies
+    selection: str             # static: a --mode=curate workdir
+    eta: float                 # within-leaf diversity knob (OceanSAR-1)
+    warmup_examples: int       # T_w
+    every_epochs: int          # T_s
+    subset_size: int           # M, embedded per re-clustering (0 = all)
+    n_clusters: tuple[int, ...]
+    n_resamples: int
+    prune_ratio: float         # InfoBatch r
+    delta: float               # InfoBatch annealing point, fraction of the budget
+    loss_stats_momentum: float
+    embed_batch_size: int      # global batch of the teacher's re-embedding
+
+    def __post_init__(self):
+        _require(self.policy in POLICIES, "policy", f"unknown policy {self.policy!r}; known: {POLICIES}")
+        if self.subset == "static":
+            _require(bool(self.selection), "selection", "the static policy needs a --mode=curate workdir")
+        _require(0 < self.rho <= 1, "rho", f"must be in (0, 1], got {self.rho}")
+        _require(0 <= self.eta <= 1, "eta", f"must be in [0, 1], got {self.eta}")
+        _require(0 <= self.prune_ratio < 1, "prune_ratio", f"must be in [0, 1), got {self.prune_ratio}")
+        _require(0 <= self.delta <= 1, "delta", f"must be in [0, 1], got {self.delta}")
+        _require(self.every_epochs >= 1, "every_epochs", "must be >= 1")
+        _require(self.warmup_examples >= 0, "warmup_examples", "must be >= 0")
+        _require(self.subset_size >= 0, "subset_size", "must be >= 0")
+        _require(bool(self.n_clusters) and min(self.n_clusters) >= 1, "n_clusters",
+                 f"must be positive cluster counts, got {self.n_clusters}")
+        _require(self.n_resamples >= 0, "n_resamples", "must be >= 0")
+        _require(0 <= self.loss_stats_momentum < 1, "loss_stats_momentum", "must be in [0, 1)")
+        _require(self.embed_batch_size > 0, "embed_batch_size", "must be positive")
+
+    @property
+    def subset(self) -> str:
+        """The subset policy: `"cluster_balanced+infobatch"` -> `"cluster_balanced"`, `"infobatch"` -> `"none"`."""
+        return "none" if self.policy in LOSS_RULES else self.policy.partition("+")[0]
+
+    @property
+    def rule(self) -> str | None:
+        """The loss rule applied inside the subset, if any."""
+        return self.policy if self.policy in LOSS_RULES else (self.policy.partition("+")[2] or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """One named frozen-feature evaluator (`config.evals.<name>`): a labelled dataset and its probes."""
+
+    source: str                # synthetic_wv (balanced splits, disjoint seeds) | folder | tfds
+    root: str                  # folder: <root>/{train,test}/<class>/*; tfds: data_dir
+    tfds_name: str
+    train_split: str
+    test_split: str
+    num_train_per_class: int   # synthetic_wv split sizes
+    num_test_per_class: int
+    probes: tuple[str, ...]    # knn | linear | regression
+    targets: tuple[str, ...]   # regression targets (record fields) for the regression probe
+    knn_ks: tuple[int, ...]
+    every_examples: int        # 0: only at the end
+    features: str              # cls | cls+mean_patch
+    batch_size: int
+    n_bootstrap: int
+
+    def __post_init__(self):
+        _require(self.source in EVAL_SOURCES, "source", f"unknown source {self.source!r}; known: {EVAL_SOURCES}")
+        if self.source == "folder":
+            _require(bool(self.root), "root", "the folder evaluator needs <root>/{train,test}/<class>/")
+        if self.source == "tfds":
+            _require(bool(self.tfds_name), "tfds_name", "the tfds evaluator needs a dataset name")
+        unknown = [p for p in self.probes if p not in PROBES]
+        _require(bool(self.probes) and not unknown, "probes", f"unknown {unknown or 'empty'}; known: {PROBES}")
+        if "regression" in self.probes:
+            _require(bool(self.targets), "targets", "the regression probe needs target fields")
+        _require(bool(self.knn_ks) and min(self.knn_ks) >= 1, "knn_ks", "must be positive k values")
+        _require(self.every_examples >= 0, "every_examples", "must be >= 0 (0: only at the end)")
+        _require(self.features in FEATURES, "features", f"{self.features!r} is not one of {FEATURES}")
+        _require(self.batch_size > 0, "batch_size", "must be positive")
+        _require(self.n_bootstrap >= 1, "n_bootstrap", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A whole training run: the top-level fields and every block."""
+
+    name: str
+    seed: int
+    batch_size: int            # global
+    total_examples: int        # the budget, in examples seen
+    log_every_steps: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    num_devices: int           # 0 = every visible device
+    progress: bool
+    resume: str                # a checkpoint dir to continue from when the workdir has none
+    init_from: str             # a release dir whose backbone initialises student and teacher
+    eval_at_init: bool         # also evaluate the same architecture at random init
+    data: DataSpec
+    model: ModelSpec
+    crops: MultiCropSpec
+    dino: DinoSpec
+    optim: OptimSpec
+    pruning: PruningSpec
+    evals: Mapping[str, EvalSpec]
+
+    @classmethod
+    def from_config(cls, config, *, num_devices: int | None = None, process_count: int = 1) -> "RunSpec":
+        """Builds and validates the spec of a recipe; with `num_devices`, also against the devices."""
+        blocks = {"data": DataSpec, "model": ModelSpec, "crops": MultiCropSpec, "dino": DinoSpec,
+                  "optim": OptimSpec, "pruning": PruningSpec}
+        top = {k: config[k] for k in config.keys() if k not in APP_BLOCKS}
+        values = {k: build(spec_cls, top.pop(k, {}), k) if k in top else None
+                  for k, spec_cls in blocks.items()}
+        if "evals" not in top:
+            raise ValueError("config.evals: missing (a dict of named evaluators, may be empty)")
+        values["evals"] = {name: build(EvalSpec, block, f"evals.{name}")
+                           for name, block in top.pop("evals").items()}
+        for k, v in values.items():
+            if v is None:
+                raise ValueError(f"config.{k}: missing block")
+        top = {k: v for k, v in top.items() if k not in values}
+        flat = [f.name for f in dataclasses.fields(cls) if f.name not in values]
+        scalars = build(_Top, top, "")  # names unknown / missing top-level fields
+        spec = cls(**{n: getattr(scalars, n) for n in flat}, **values)
+        spec.check(num_devices=num_devices, process_count=process_count)
+        return spec
+
+    def check(self, *, num_devices: int | None, process_count: int = 1) -> None:
+        """Rules across blocks and against the devices; errors name the field."""
+        def fail(field, why):
+            raise ValueError(f"config.{field}: {why}")
+
+        if self.batch_size <= 0:
+            fail("batch_size", f"must be positive, got {self.batch_size}")
+        if self.total_examples < self.batch_size:
+            fail("total_examples", f"must be at least one batch ({self.batch_size}), got {self.total_examples}")
+        for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+            if getattr(self, field) <= 0:
+                fail(field, "must be positive")
+        patch = self.model.patch
+        for field, size in (("crops.global_size", self.crops.global_size),
+                            ("crops.local_size", self.crops.local_size)):
+            if size % patch:
+                fail(field, f"{size} must be a positive multiple of the patch size {patch} of {self.model.variant}")
+            if size > self.data.image_size:
+                fail(field, f"{size} exceeds data.image_size {self.data.image_size}")
+        if self.crops.n_global != 2:
+            fail("crops.n_global", "DINO uses exactly 2 global crops")
+        if num_devices is None:
+            return
+        batches = [("batch_size", self.batch_size), ("pruning.embed_batch_size", self.pruning.embed_batch_size)]
+        batches += [(f"evals.{n}.batch_size", e.batch_size) for n, e in self.evals.items()]
+        for field, size in batches:
+            if size % num_devices:
+                fail(field, f"{size} is not divisible by the {num_devices} devices")
+        if self.batch_size % process_count:
+            fail("batch_size", f"{self.batch_size} is not divisible by the {process_count} processes")
+
+
+def _top_fields() -> list[tuple[str, Any]]:
+    hints = typing.get_type_hints(RunSpec)
+    blocks = ("data", "model", "crops", "dino", "optim", "pruning", "evals")
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(RunSpec) if f.name not in blocks]
+
+
+# The top-level scalar fields as a dataclass of their own, so `build` names the unknown and missing ones.
+_Top = dataclasses.make_dataclass("_Top", _top_fields(), frozen=True)
