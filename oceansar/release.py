@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from oceansar import embedding
 from oceansar.models.vit import ViT
 from oceansar.spec import RunSpec
 
@@ -100,3 +101,17 @@ def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
     nnx.update(vit, params)
     return vit, spec
 
+
+
+def embedder(path: str | pathlib.Path, *, l2_normalize: bool = False):
+    """A released backbone's jitted embedding, with the release's input scale and resolution.
+
+    Returns:
+      (fn, params, spec): `fn(params, images)` maps source images [B, H, W, C] (uint8, or float in
+      [0, 1]) to CLS features [B, D] float32 on the centre view (see `oceansar.embedding`).
+    """
+    vit, spec = load(path)
+    graphdef, params = nnx.split(vit, nnx.Param)
+    fn = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"], img_size=spec["img_size"],
+                                 in_channels=spec["in_channels"], l2_normalize=l2_normalize)
+    return fn, params, spec

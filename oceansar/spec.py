@@ -120,7 +120,10 @@ class ModelSpec:
     dtype: str                 # compute dtype
 
     def __post_init__(self):
-        parse_variant(self.variant)  # its error names model.variant
+        try:
+            parse_variant(self.variant)
+        except ValueError as e:  # its message starts "model.variant: ..."; `build` adds "config.model."
+            raise ValueError(str(e).removeprefix("model.")) from None
         for name in ("in_channels", "out_dim", "hidden_dim", "bottleneck_dim"):
             _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")

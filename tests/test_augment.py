@@ -6,10 +6,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from oceansar.augment import MultiCropSpec, center_view, multicrop
+from oceansar.spec import build
+
+
+def crop_spec(**fields) -> MultiCropSpec:
+    """The default recipe's crops with some fields replaced."""
+    return build(MultiCropSpec, dict(default.get_config().crops.to_dict(), **fields), "crops")
+
 
 B, H = 4, 32
-SPEC = MultiCropSpec(global_size=16, local_size=8, n_local=3)
+SPEC = crop_spec(global_size=16, local_size=8, n_local=3, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
+                 db_offset=0.4, contrast=(0.6, 1.4), blur_sigma=(0.1, 2.0))
 # Geometry only: every photometric step off.
 PLAIN = dataclasses.replace(SPEC, jitter_p=0.0, blur_p_global=(0.0, 0.0), blur_p_local=0.0)
 
@@ -124,10 +133,12 @@ def test_blur_smooths_noise():
 def test_no_local_crops_and_validation():
     g, l = multicrop(jax.random.key(0), _images(), dataclasses.replace(SPEC, n_local=0))
     assert g.shape == (2, B, 16, 16, 1) and l.shape == (0, B, 8, 8, 1)
-    with pytest.raises(ValueError, match="MultiCropSpec.blur_p_global"):
-        MultiCropSpec(global_size=16, local_size=8, n_local=2, n_global=3)
-    with pytest.raises(ValueError, match="MultiCropSpec.local_scale"):
-        MultiCropSpec(global_size=16, local_size=8, n_local=2, local_scale=(0.4, 0.05))
+    with pytest.raises(ValueError, match="config.crops.blur_p_global"):
+        crop_spec(n_global=3)
+    with pytest.raises(ValueError, match="config.crops.local_scale"):
+        crop_spec(local_scale=(0.4, 0.05))
+    with pytest.raises(ValueError, match="config.crops.n_locals: unknown field; did you mean n_local"):
+        crop_spec(n_locals=3)
 
 
 def test_blur_matrix_matches_reflect_padded_convolution():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from configs import compare as compare_config
-from oceansar import compare
+from oceansar.apps import compare
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,15 @@ def test_results_table_and_figures(tiny):
     assert (workdir / "accuracy.png").stat().st_size > 0 and (workdir / "class_mix.png").stat().st_size > 0
     curve = raw["runs"]["dynamic/seed0"]["curve"]
     assert [p["examples_seen"] for p in curve] == [128, 256]  # every 8 steps, the last one final
+    # The table's columns are the headline metrics of the evaluators that ran.
+    assert "| wv k-NN top-1 (k=20) |" in text and "| wv hs RMSE |" in text
     mix = raw["runs"]["full/seed0"]["class_mix"]
     assert len(mix) == 10 and sum(mix.values()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_rerun_reads_finished_runs_back(tiny, monkeypatch):
     c, workdir, raw = tiny
-    monkeypatch.setattr(compare.loop, "run", pytest.fail)   # nothing may train again
+    monkeypatch.setattr(compare, "pretrain", pytest.fail)   # nothing may train again
     again = compare.compare(c, workdir)
     assert again["runs"] == json.loads(json.dumps(raw["runs"]))
 

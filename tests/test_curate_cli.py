@@ -13,9 +13,10 @@ from absl import flags
 import launch
 from configs import default
 from curation import dedup, io as curation_io
-from oceansar import curate as curate_lib, embed as embed_lib, release, sharding
+from oceansar import release, sharding
+from oceansar.data.selection import Selection
 from oceansar.data.synthetic import SyntheticWV
-from oceansar.train import optimizer as optim_lib, state as state_lib
+from oceansar.experiment import Experiment, run_spec
 
 POOL = 200  # not a multiple of the batch: the last batch is padded
 
@@ -36,10 +37,9 @@ def _launch(*argv):
 @pytest.fixture(scope="module")
 def release_dir(tmp_path_factory) -> pathlib.Path:
     """A freshly initialised smoke-recipe teacher, exported as a release."""
-    config = default.get_config("smoke")
-    _, _, state = state_lib.init_state(config, num_samples=8, tx=optim_lib.make_optimizer(config.optim))
-    return release.export(tmp_path_factory.mktemp("release") / "release", teacher_params=state.teacher,
-                          config=config)
+    spec = run_spec(default.get_config("smoke"))
+    state = Experiment.build(spec, num_samples=8).init_state()
+    return release.export(tmp_path_factory.mktemp("release") / "release", teacher_params=state.teacher, spec=spec)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_embed_writes_normalised_features_in_source_order(embeddings, release_di
     assert manifest["release"] == str(release_dir) and manifest["model"] == spec
     assert manifest["data"]["num_samples"] == POOL and manifest["dim"] == 32
     # The rows of the padded last batch equal a direct forward of those images.
-    fn, params, _ = embed_lib.make_embed_fn(release_dir)
+    fn, params, _ = release.embedder(release_dir, l2_normalize=True)
     last = np.arange(POOL - 8, POOL)
     direct = np.asarray(fn(params, np.stack([source[int(i)]["image"] for i in last])))
     np.testing.assert_allclose(x[last].astype(np.float32), direct, atol=2e-3)
@@ -85,13 +85,13 @@ def test_hkmeans_hits_the_target_deterministically_and_loads_as_static_selection
     before, after = np.array(summary["top_level_sizes_before"]), np.array(summary["top_level_sizes_after"])
     assert after.sum() == 50 and np.all((after == before) | (after >= after.max() - 1))
 
-    selection = curate_lib.load_static_selection(runs[0], num_samples=POOL)
+    selection = Selection.load(runs[0], num_samples=POOL)
     np.testing.assert_array_equal(selection.indices, kept)
     np.testing.assert_array_equal(selection.weights, np.ones(50, np.float32))
     with pytest.raises(ValueError, match=f"curated from {POOL} embeddings but the pretraining source has 512"):
-        curate_lib.load_static_selection(runs[0], num_samples=512)
+        Selection.load(runs[0], num_samples=512)
     with pytest.raises(FileNotFoundError, match="kept_indices.npy not found"):
-        curate_lib.load_static_selection(tmp_path)
+        Selection.load(tmp_path)
 
 
 def test_semdedup_writes_the_chosen_eps_and_matches_the_kernel(embeddings, tmp_path):
@@ -202,4 +202,4 @@ def test_mstar_chips_embedded_and_curated_end_to_end(shared_data, release_dir, t
     assert kept.size == summary["kept"] == round(0.25 * 2746)
     assert summary["kept_removed_plot"].endswith("kept_removed.png")
     assert (tmp_path / "hkmeans" / "kept_removed.png").is_file()
-    assert curate_lib.load_static_selection(tmp_path / "hkmeans", num_samples=2746).indices.size == kept.size
+    assert Selection.load(tmp_path / "hkmeans", num_samples=2746).indices.size == kept.size

@@ -50,7 +50,11 @@ def test_vit_s16_forward_is_the_published_4_6_gmacs():
 
 
 def test_multicrop_matches_traced_matmuls():
-    spec = augment.MultiCropSpec(global_size=16, local_size=8, n_local=3, blur_sigma=(0.1, 1.0))
+    from configs import default
+    from oceansar.spec import build
+
+    fields = dict(default.get_config().crops.to_dict(), global_size=16, local_size=8, n_local=3, blur_sigma=(0.1, 1.0))
+    spec = build(augment.MultiCropSpec, fields, "crops")
     crops = ml_collections.ConfigDict(dict(global_size=16, local_size=8, n_global=2, n_local=3,
                                            blur_sigma=(0.1, 1.0)))
     images = jax.ShapeDtypeStruct((4, 24, 24, 1), jnp.float32)
@@ -72,30 +76,16 @@ def test_dino_step_composition():
 def test_train_step_traced_matmuls_close_to_analytic(smoke_config):
     # The real step's traced dot/conv count against 3x student + teacher + multi-crop: the backward is not exactly
     # 2x forward (no input gradient for the patch embedding, the position-embedding resize), so a few percent apart.
-    from oceansar import sharding
-    from oceansar.train import optimizer as optim_lib
-    from oceansar.train import state as state_lib
+    from oceansar.experiment import Experiment, run_spec
     from oceansar.train import step as step_lib
 
     config = smoke_config
-    tx = optim_lib.make_optimizer(config.optim)
-    built = {}
-
-    def build():
-        graphdef, rest, state = state_lib.init_state(config, num_samples=config.data.num_samples, tx=tx)
-        built.update(graphdef=graphdef, rest=rest)
-        return state
-
-    # Abstract state: tracing needs shapes only, and a concrete init costs seconds of eager compiles.
-    state = jax.eval_shape(build)
-    mesh = sharding.make_mesh()
-    train_step = step_lib.make_train_step(built["graphdef"], built["rest"], tx, config,
-                                          step_lib.Budget.from_config(config))
+    # The Experiment's abstract state: tracing needs shapes only, a concrete init costs seconds of eager compiles.
+    exp = Experiment.build(run_spec(config), num_samples=config.data.num_samples)
+    state = exp.abstract_state
+    train_step = step_lib.make_train_step(exp.graphdef, exp.rest, exp.tx, exp.spec, exp.budget)
     b, s = config.batch_size, config.data.image_size
-    batch = {"image": jax.ShapeDtypeStruct((b, s, s, 1), jnp.uint8, sharding=sharding.batch_sharded(mesh)),
-             "sample_id": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding.batch_sharded(mesh)),
-             "weight": jax.ShapeDtypeStruct((b,), jnp.float32, sharding=sharding.batch_sharded(mesh))}
-    traced = flops.jaxpr_matmul_flops(train_step.trace(state, batch).jaxpr) / b
+    traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(train_step)(state, exp.batch_spec(jnp.uint8))) / b
     analytic = flops.dino_step_flops(config.model, config.crops, nlayers=len(state.params["head"]["mlp"]))["total"]
     augment_flops = flops.multicrop_flops(config.crops, image_size=s, in_channels=1)
     assert traced == pytest.approx(analytic + augment_flops, rel=0.05)

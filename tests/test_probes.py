@@ -104,13 +104,19 @@ def test_evaluate_features_keys_and_nan_targets_left_out():
         hs[::7] = np.nan  # no collocated measurement
         return {"features": features, "label": labels, "hs": hs, "sample_id": np.arange(n)}
 
-    result = probes.evaluate_features(split(200), split(100), num_classes=5, n_bootstrap=50)
+    result = probes.evaluate_features(split(200), split(100), num_classes=5, targets=("wind_speed", "hs"),
+                                      n_bootstrap=50)
     expected = ({f"knn/{m}_k{k}{s}" for m in ("top1", "balanced_acc") for k in (1, 20) for s in ("", "_std")}
                 | {"linear/top1", "linear/top1_std", "linear/balanced_acc", "linear/balanced_acc_std", "linear/l2"}
                 | {"hs/rmse", "hs/rmse_std", "hs/r2", "hs/alpha"})
     assert set(result) == expected
     assert all(np.isfinite(v) for v in result.values())
     assert result["knn/top1_k20"] == 1.0 and result["linear/top1"] == 1.0 and result["hs/r2"] > 0.8
+    # An evaluator runs only the probes it names.
+    only = probes.evaluate_features(split(200), split(100), num_classes=5, probes=("knn", "regression"),
+                                    targets=("hs",), knn_ks=(5,), n_bootstrap=10)
+    assert set(only) == {"knn/top1_k5", "knn/top1_k5_std", "knn/balanced_acc_k5", "knn/balanced_acc_k5_std",
+                         "hs/rmse", "hs/rmse_std", "hs/r2", "hs/alpha"}
 
 
 def test_probe_errors_name_the_array():

@@ -14,7 +14,7 @@ import pytest
 from absl import flags
 
 import launch
-from oceansar import embedding, release, sharding
+from oceansar import release, sharding
 from oceansar.apps.pretrain import pretrain
 from oceansar.checkpoint import Checkpointer
 from oceansar.data import pipeline, sources
@@ -55,13 +55,10 @@ def test_launch_smoke_end_to_end(tmp_path, capsys):
     assert Checkpointer(workdir / "checkpoints").latest_step() == 12
 
     # Release round trip: the released backbone gives the checkpoint teacher's features.
-    vit, spec = release.load(workdir / "release")
     exp, state, _ = restore_latest(run_spec(launch._CONFIG.value), workdir)
     images = np.stack([exp.evaluators["wv"].splits[1][i]["image"] for i in range(4)])
-    graphdef, params = __import__("flax").nnx.split(vit)
-    released = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"],
-                                       img_size=spec["img_size"], in_channels=spec["in_channels"])(params, images)
-    np.testing.assert_array_equal(released, exp.embed_fn("cls")(state.teacher, images))
+    fn, params, _ = release.embedder(workdir / "release")
+    np.testing.assert_array_equal(fn(params, images), exp.embed_fn("cls")(state.teacher, images))
 
     _launch("--config=configs/default.py:smoke", f"--workdir={workdir}", "--mode=evaluate")
     assert "wv/knn/top1_k20" in capsys.readouterr().out

@@ -1,4 +1,6 @@
 """Schedules, per-tensor clipping, the loss-statistics table and config validation."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +9,8 @@ import pytest
 from configs import default
 from oceansar import sharding
 from oceansar.pruning import loss_stats
+from oceansar.spec import OptimSpec, RunSpec, build
 from oceansar.train import optimizer, schedules
-from oceansar.validate import validate
 
 
 def test_warmup_cosine_endpoints():
@@ -38,7 +40,7 @@ def test_clip_per_tensor_scales_each_tensor_alone():
 
 
 def test_weight_decay_only_on_matrices(smoke_config):
-    tx = optimizer.make_optimizer(smoke_config.optim)
+    tx = optimizer.make_optimizer(build(OptimSpec, smoke_config.optim, "optim"))
     params = {"w": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
     state = optimizer.set_hyperparams(tx.init(params), learning_rate=1.0, weight_decay=0.5)
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -86,16 +88,35 @@ def test_loss_table_matches_numpy_under_sharding():
     ("optim.warmup_examples", -1, "config.optim.warmup_examples"),
     ("crops.global_size", 20, "config.crops.global_size"),
     ("pruning.policy", "magic", "config.pruning.policy"),
+    ("pruning.embed_batch_size", 12, "config.pruning.embed_batch_size: 12 is not divisible by the 8 devices"),
     ("data.source", "s3", "config.data.source"),
+    ("data.source", "folder", "config.data.root: the folder source needs a directory"),
+    ("evals.wv.probes", ("knn", "svm"), "config.evals.wv.probes: unknown ['svm']"),
+    ("evals.wv.source", "folder", "config.evals.wv.root"),
 ])
 def test_validation_names_the_field(field, value, message):
     config = default.get_config("smoke")
     parent, _, leaf = field.rpartition(".")
     setattr(config[parent] if parent else config, leaf, value)
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        validate(config, num_devices=8)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RunSpec.from_config(config, num_devices=8)
+
+
+def test_unknown_and_missing_fields_are_named():
+    config = default.get_config("smoke")
+    config.pruning.rhoo = 0.3
+    with pytest.raises(ValueError, match=re.escape("config.pruning.rhoo: unknown field; did you mean rho?")):
+        RunSpec.from_config(config)
+    config = default.get_config("smoke")
+    del config.optim["b2"]
+    with pytest.raises(ValueError, match=re.escape("config.optim.b2: missing")):
+        RunSpec.from_config(config)
 
 
 def test_default_configs_are_valid():
-    for arg in ("", "smoke", "variant=Ti/8"):
-        validate(default.get_config(arg), num_devices=8)
+    from configs import compare, oceansar1
+
+    for config in (default.get_config(""), default.get_config("smoke"), default.get_config("variant=Ti/8"),
+                   oceansar1.get_config("smoke"), compare.get_config("smoke")):
+        spec = RunSpec.from_config(config, num_devices=8)
+        assert spec.crops.global_size == config.crops.global_size and set(spec.evals) == set(config.evals)

@@ -7,12 +7,7 @@ floor that reads several rooms of the library to run a job; nothing in `oceansar
 `curation/`, imports it. No training logic lives here: the loop, the Experiment, the policies and the
 kernels are the library's.
 """
-from oceansar.apps.compare import compare
-from oceansar.apps.curate import curate
-from oceansar.apps.embed import embed
-from oceansar.apps.evaluate import evaluate
-from oceansar.apps.export import export
-from oceansar.apps.pretrain import pretrain
+from oceansar.apps import compare, curate, embed, evaluate, export, pretrain
 
-MODES = {"pretrain": pretrain, "evaluate": evaluate, "export": export, "embed": embed, "curate": curate,
-         "compare": compare}
+MODES = {"pretrain": pretrain.pretrain, "evaluate": evaluate.evaluate, "export": export.export,
+         "embed": embed.embed, "curate": curate.curate, "compare": compare.compare}

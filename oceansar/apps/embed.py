@@ -17,10 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from flax import nnx
 
 from curation import io as curation_io
-from oceansar import embedding, release, sharding
+from oceansar import release, sharding
 from oceansar.data import sources
 from oceansar.evals import features as features_lib
 from oceansar.spec import DataSpec, build
@@ -45,10 +44,7 @@ def embed_source(release_dir: str | pathlib.Path, source, *, batch_size: int, me
       (result, spec): `result` from `extract_features` ("features" [n, D] float32, "sample_id" [n] and
       the records' scalar fields such as "label"), and the release's spec.
     """
-    vit, spec = release.load(release_dir)
-    graphdef, params = nnx.split(vit, nnx.Param)
-    fn = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"], img_size=spec["img_size"],
-                                 in_channels=spec["in_channels"], l2_normalize=True)
+    fn, params, spec = release.embedder(release_dir, l2_normalize=True)
     channels = np.asarray(source[0]["image"]).shape[-1]
     if channels != spec["in_channels"]:
         raise ValueError(f"{source!r} gives {channels}-channel images but the release at {release_dir} "
