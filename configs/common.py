@@ -39,7 +39,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def dino_config() -> ml_collections.ConfigDict:
-    """DINO objective and optimisation defaults (METHODS 6.3-6.4), budgets in examples seen."""
+    """DINO objective and optimisation defaults (DINO, arXiv 2104.14294), budgets in examples seen."""
     c = ml_collections.ConfigDict()
     c.dino = dict(
         student_temp=0.1,             # tau_s (DINO).

@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     sd.semdedup.eps = c.compare.semdedup_eps[0]
     hk = curate_hkmeans.get_config(smoke)
     if not arg.smoke:
-        n = c.data.num_samples      # METHODS 1.3: k = N/20, N/200, N/2000
+        n = c.data.num_samples      # k = N/20, N/200, N/2000 (Vo et al., arXiv 2405.15613)
         hk.hkmeans.n_clusters = (n // 20, n // 200, max(n // 2000, 2))
         sd.semdedup.n_clusters = max(n // 128, 8)
     for sub in (sd, hk):

@@ -8,7 +8,8 @@ r"""Balanced data curation (Vo et al. 2024): hierarchical k-means with resamplin
 writes `kept_indices.npy` (a quarter of the 8192-vignette pool by default), `summary.json` (cluster
 sizes and, for the simulator, TenGeoP class counts before and after: the dominant pure-ocean class
 is capped, rare classes are kept whole), `cluster_sizes.png` and `kept_removed.png`. Pretrain on it
-as a static subset with `oceansar.curate.load_static_selection`.
+as a static subset with `--config.pruning.policy=static --config.pruning.selection=<workdir>`
+(read by `oceansar.data.selection.Selection.load`).
 """
 from __future__ import annotations
 
@@ -24,14 +25,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recipe = "hkmeans"
     c.seed = 0                     # k-means seeding and the sampling draws: the selection is a function of it
     c.embeddings = arg.embeddings  # directory written by --mode=embed (X.npy, sample_ids.npy, embed.json)
-    c.target_fraction = arg.target_fraction  # rho of OceanSAR-1 (METHODS 1.3: sweep 0.1-0.5, start 0.25)
+    c.target_fraction = arg.target_fraction  # rho of OceanSAR-1 (arXiv 2504.06962); sweep 0.1-0.5, start 0.25
     c.target_count = arg.target_count        # > 0 overrides target_fraction with an exact size
     # The source behind the embeddings, fields as in configs/default.py; source "" = the one named in
     # <embeddings>/embed.json. Used only to render the kept/removed grid.
     c.data = default.get_config().data
     c.data.source = ""
     c.hkmeans = dict(
-        n_clusters=(400, 40, 4),   # k per level, data first: N/20, N/200, N/2000 (METHODS 1.3 for N=8192)
+        n_clusters=(400, 40, 4),   # k per level, data first: N/20, N/200, N/2000, N=8192 (arXiv 2405.15613)
         n_resamples=(0, 10, 10),   # resampling rounds per level; Vo's configs skip them at the data level
         sample_sizes=(),           # r per level; () = half the level's mean cluster size (Vo's rule of thumb)
         resample_strategy="closest",  # "c" of Vo's YAML: refit on the r members closest to each centroid

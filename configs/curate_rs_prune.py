@@ -1,4 +1,5 @@
-r"""RS-Prune (Wei et al. 2025): entropy filter, then scene-aware sampling guided by a labelled reference set.
+r"""RS-Prune (Wei et al. 2025, arXiv 2512.23239): entropy filter, then scene-aware sampling guided by a
+labelled reference set.
 
     python launch.py --mode=embed --config=configs/embed.py:release=runs/default/release --workdir=runs/embed_wv
     python launch.py --mode=curate --config=configs/curate_rs_prune.py:embeddings=runs/embed_wv \
@@ -7,8 +8,9 @@ r"""RS-Prune (Wei et al. 2025): entropy filter, then scene-aware sampling guided
 Stage 1 scores every image of the embedded pool (named by `<embeddings>/embed.json`) with the local
 2-D entropy and drops the lowest `entropy_percentile`; stage 2 assigns the survivors to the scene
 prototypes of the reference set, clusters each scene and samples stratified quotas. By default the
-reference is the simulator's labelled evaluation split (the TenGeoP classes, as METHODS 2 suggests for
-WV SAR) embedded here with the pool's release; pass `reference_embeddings=DIR` (+ `reference_labels=
+reference is the simulator's labelled evaluation split (the classes of TenGeoP-SARwv, Wang et al. 2019,
+Scientific Data, standing in for RS-Prune's optical scene datasets on WV SAR) embedded here with the
+pool's release; pass `reference_embeddings=DIR` (+ `reference_labels=
 FILE.npy`, default DIR/labels.npy) to use one embedded beforehand with --mode=embed.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             embeddings=arg.reference_embeddings,  # "" = embed the split below with `release`
             labels=arg.reference_labels,          # "" = <reference embeddings>/labels.npy
             release="",            # "" = the release that embedded the pool (embed.json)
-            source="synthetic_wv", # like config.eval: synthetic_wv | folder (<root>/train/<class>/*) | tfds
+            source="synthetic_wv", # as config.evals.<name>: synthetic_wv | folder (<root>/train/<class>/*) | tfds
             root="",
             tfds_name="",
             split="train",         # tfds split

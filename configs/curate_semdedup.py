@@ -31,8 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.semdedup = dict(
         n_clusters=64,             # SemDeDup uses 50k for 440M images; ~N/128 keeps clusters small here
         eps_list=(0.01, 0.05, 0.1, 0.2, 0.3),  # decided together; the summary reports each kept size
-        eps=arg.eps,               # the one written: similarity 0.8 = eps 0.2 (seed 002, DINOv2 features)
-        n_passes=1,                # > 1 re-clusters the survivors and repeats (seed 002 runs up to 190)
+        eps=arg.eps,               # the one written: similarity 0.8 = eps 0.2 (Barseghyan et al. 2025)
+        n_passes=1,                # > 1 re-clusters the survivors and repeats (Barseghyan et al. run up to 190)
         ordering="hard",           # keep the member farthest from the centroid (SemDeDup default)
         kmeans_iters=100,          # faiss niter of the SemDeDup configs
         block_size=64,             # similarity tile rows: 64 suits CPUs, 128-256 GPUs

@@ -1,6 +1,6 @@
 r"""The embedded demo: DINO pretraining of a tiny ViT on the Sentinel-1 WV simulator.
 
-Runs on a 2-core CPU in about 3 minutes and ends by printing k-NN, linear-probe and wind/Hs
+Runs on a 2-core CPU in about 2 minutes and ends by printing k-NN, linear-probe and wind/Hs
 regression results of the trained teacher next to the same architecture at random init:
 
     python launch.py                                   # = --config=configs/default.py
@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         warmup_examples=64 * 400,  # cluster_balanced T_w: full data until the teacher is informative
         every_epochs=4,            # cluster_balanced T_s: re-cluster every T_s (pruned) epochs
         subset_size=8192,          # cluster_balanced M: samples embedded per resampling (0 = all);
-                                   # 2 rho N (METHODS 1.3), so sampling has twice what it keeps
+                                   # 2 rho N, so sampling has twice what it keeps
         n_clusters=(256, 32),      # hierarchical k-means levels (data level first)
         n_resamples=2,             # Vo et al. resampling rounds per level
         prune_ratio=0.5,           # infobatch r: fraction of below-mean-score samples dropped

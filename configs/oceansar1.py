@@ -5,7 +5,7 @@ r"""The OceanSAR-1 recipe: DINO ViT on 1-channel VV Sentinel-1 WV vignettes at 2
     python launch.py --config=configs/oceansar1.py:variant=B/8     # ViT-B/8
     python launch.py --config=configs/oceansar1.py:smoke           # tiny, for tests
 
-DINO hyperparameters follow METHODS 6 (ViT recipe): 2 x 224 global crops (0.4-1), 8 x 96 local
+DINO hyperparameters follow DINO's ViT recipe (arXiv 2104.14294): 2 x 224 global crops (0.4-1), 8 x 96 local
 crops (0.05-0.4), tau_s 0.1, tau_t 0.04 -> 0.07 over 30 epochs' worth of examples, base lr 5e-4 per
 256, cosine wd 0.04 -> 0.4, teacher momentum 0.996 -> 1, per-tensor clip 3.0, prototype layer
 frozen for one epoch, drop path 0.1. OceanSAR-1 reports TenGeoP linear-probe accuracy 78.6 % (S/16),
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.data.worker_count = 8                 # simulator rendering at 256 px is worth worker processes
     c.data.cache = False                    # 1M x 256 x 256 does not fit in memory; Grain workers read
-    c.pruning.policy = arg.policy           # OceanSAR-1 dynamic pruning (METHODS 1.2-1.3 defaults)
+    c.pruning.policy = arg.policy           # OceanSAR-1 dynamic pruning (arXiv 2504.06962)
     c.pruning.rho = 0.25
     c.pruning.eta = 0.5
     c.pruning.warmup_examples = 15 * epoch  # T_w: 15 % of the epochs

@@ -1,4 +1,4 @@
-"""Caption uniqueness weights for multi-caption images (WFA, seed 003; METHODS section 7) and caption-file loaders.
+"""Caption uniqueness weights for multi-caption images (WFA, arXiv 2505.11121) and caption-file loaders.
 
 For the captions c_1..c_m of one image, b_j is the smoothed sentence BLEU-4 of c_j against the image's other
 captions (sacrebleu, Chen & Cherry method 1: "floor" smoothing with 0.1, effective n-gram order, 13a tokenisation,

@@ -1,7 +1,7 @@
 """SemDeDup (Abbas et al. 2023): semantic deduplication of L2-normalised embeddings.
 
-The rule reproduced exactly (METHODS section 4): cluster the embeddings (spherical k-means), order each cluster's
-members ("hard": farthest from the centroid first; "easy": closest first; "random"), let
+The rule reproduced exactly (arXiv 2303.09540 and its reference code): cluster the embeddings (spherical
+k-means), order each cluster's members ("hard": farthest from the centroid first; "easy": closest first; "random"), let
 M_j = max over EARLIER members i < j of the cosine similarity s_ij (removed members included), and remove j iff
 M_j > 1 - eps; the first member of a cluster (and so every singleton) is always kept. Several eps are decided from one
 computation of M.

@@ -1,4 +1,4 @@
-"""Local information entropy of images and the entropy filter: stage 1 of RS-Prune (METHODS section 2).
+"""Local information entropy of images and the entropy filter: stage 1 of RS-Prune (arXiv 2512.23239).
 
 For every image, the 2-D joint histogram of (pixel level g, level m of the mean of its 3x3 neighbourhood), both
 quantised to `n_levels`, gives p(g, m) = count / (H W) and H2 = -sum p log2 p (bits; at most 2 log2 n_levels).

@@ -1,12 +1,11 @@
 """Files of the curation library: embeddings in, selections and plots out.
 
-Embeddings live as a float16 (or float32) `X.npy`, memory-mapped, beside a parallel `sample_ids.npy`; a selection is
-`kept_indices.npy`, an optional `weights.npy` and a `summary.json`. Plots use matplotlib's Agg backend. Nothing here
-computes a curation decision.
+Embeddings live as a float16 (or float32) `X.npy`, memory-mapped, beside a parallel `sample_ids.npy`. A selection
+is an array of kept row indices; the training system writes and reads it as files (`oceansar.data.selection`).
+Plots use matplotlib's Agg backend. Nothing here computes a curation decision.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
@@ -74,26 +73,6 @@ def save_embeddings(directory, embeddings: np.ndarray, sample_ids: np.ndarray) -
     np.save(directory / EMBEDDINGS_FILE, embeddings.astype(np.float16))
     np.save(directory / SAMPLE_IDS_FILE, sample_ids)
     return directory
-
-
-def save_selection(out_dir, kept_indices: np.ndarray, weights: np.ndarray | None = None,
-                   summary: dict | None = None) -> pathlib.Path:
-    """Writes `kept_indices.npy` (int64), optional `weights.npy` (float32) and `summary.json`; returns out_dir."""
-    out_dir = pathlib.Path(out_dir)
-    kept = np.asarray(kept_indices)
-    if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer):
-        raise ValueError(f"kept_indices must be a 1-D integer array, got shape {kept.shape} dtype {kept.dtype}")
-    if weights is not None:
-        weights = np.asarray(weights, np.float32)
-        if weights.shape != kept.shape:
-            raise ValueError(f"weights shape {weights.shape} does not match kept_indices shape {kept.shape}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "kept_indices.npy", kept.astype(np.int64))
-    if weights is not None:
-        np.save(out_dir / "weights.npy", weights)
-    with open(out_dir / "summary.json", "w") as f:
-        json.dump(summary or {}, f, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
-    return out_dir
 
 
 def _pyplot():

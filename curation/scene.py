@@ -1,4 +1,4 @@
-"""Reference-guided scene-aware sampling (RS-Prune stage 2) and the two-stage RS-Prune pipeline (METHODS section 2).
+"""Reference-guided scene-aware sampling (RS-Prune stage 2) and the two-stage RS-Prune pipeline (arXiv 2512.23239).
 
 A labelled scene-classification reference set (UCM/AID/NWPU for optical, TenGeoP for WV SAR) embedded by the same
 backbone gives one prototype per scene: the renormalised mean of its L2-normalised embeddings. Every pool embedding

@@ -58,6 +58,11 @@ def _read_spec(path: pathlib.Path, field: str) -> dict[str, Any]:
     return json.loads(spec_file.read_text())
 
 
+def _name(path) -> str:
+    """A tensor's name from its tree path (list indices and their string form read alike)."""
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = "release") -> dict[str, Any]:
     """The released backbone's weights as a pure dict shaped like `like` (a backbone's pure dict).
 
@@ -70,13 +75,13 @@ def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = 
     with ocp.StandardCheckpointer() as ckptr:
         stored = ckptr.metadata(path / "params")
         stored = getattr(stored, "item_metadata", stored)
-        have_by_key = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+        have_by_key = {_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
         for key, want in jax.tree_util.tree_flatten_with_path(like)[0]:
-            have = have_by_key.get(jax.tree_util.keystr(key))
+            have = have_by_key.get(_name(key))
             if have is None:
-                raise ValueError(f"{field}: {path} has no tensor {jax.tree_util.keystr(key)} (another variant?)")
+                raise ValueError(f"{field}: {path} has no tensor {_name(key)} (another variant?)")
             if tuple(want.shape) != tuple(have.shape):
-                raise ValueError(f"{field}: {path} holds {jax.tree_util.keystr(key)} of shape {tuple(have.shape)}, "
+                raise ValueError(f"{field}: {path} holds {_name(key)} of shape {tuple(have.shape)}, "
                                  f"this model needs {tuple(want.shape)}")
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
         return ckptr.restore(path / "params", target)

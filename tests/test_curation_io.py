@@ -30,13 +30,7 @@ def test_bad_embedding_files(tmp_path):
         io.load_embeddings(tmp_path / "missing_dir")
 
 
-def test_selection_and_plots(tmp_path):
-    io.save_selection(tmp_path / "sel", np.array([3, 1, 2]), np.array([1.0, 2.0, 0.5]), {"method": "hkmeans", "n": 3})
-    np.testing.assert_array_equal(np.load(tmp_path / "sel" / "kept_indices.npy"), [3, 1, 2])
-    np.testing.assert_allclose(np.load(tmp_path / "sel" / "weights.npy"), [1.0, 2.0, 0.5])
-    assert json.loads((tmp_path / "sel" / "summary.json").read_text()) == {"method": "hkmeans", "n": 3}
-    with pytest.raises(ValueError, match="weights shape"):
-        io.save_selection(tmp_path / "bad", np.array([1, 2]), np.array([1.0]), {})
+def test_plots(tmp_path):
     p = io.plot_cluster_sizes(np.array([100, 50, 3, 0]), np.array([10, 10, 3]), tmp_path / "sizes.png")
     assert p.stat().st_size > 0
     imgs = np.random.default_rng(0).random((6, 8, 8))

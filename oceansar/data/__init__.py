@@ -1,0 +1,13 @@
+"""Input data: what a source is, the sources, the Selection and the Grain pipeline that turns it into batches.
+
+`sources` defines the `Source` protocol and builds the sources a run's specs name; `synthetic/` is the embedded
+Sentinel-1 WV simulator, the default dataset; `folder` is the image-folder source (class folders or a labels CSV);
+`wv_files` reads real WV quicklook PNGs and GeoTIFF measurement files as sigma0 in dB; `tfds_wv` builds a TFDS
+dataset from a local WV archive and reads any prepared TFDS dataset; `decode` holds the per-file decoding and resizing
+the file-based sources share; `cache` is an in-memory copy of a source that fits in memory; `selection` holds the
+Selection (which source samples an epoch visits, with what loss weight) and owns its file format; `pipeline` is the
+Grain pipeline, for training epochs and for in-order inference passes. The package is numpy and Grain only (plus
+Pillow and tifffile, and tensorflow_datasets only when a TFDS source is built): it never imports jax, so Grain worker
+processes never start an accelerator backend, and it imports no other part of `oceansar`. Augmentation and device
+placement live above it (`oceansar.augment`, the caller's sharding).
+"""

@@ -117,7 +117,41 @@ def scan_image_folder(root: pathlib.Path, extensions: Sequence[str]
     return files, class_names, labels
 
 
-class ImageFolderSource:
+class FileRecords:
+    """Records of a list of files with optional labels: the part every file-backed source shares.
+
+    A subclass sets `_files`, `_label` ([n] int class indices or None) and `_multi_hot` ([n, c] or
+    None), and reads one file's image in `_image(path)`.
+    """
+
+    _files: list[str]
+    _label: np.ndarray | None
+    _multi_hot: np.ndarray | None
+
+    def _image(self, path: str) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def files(self) -> list[str]:
+        """The file behind each index (after skipping corrupt ones)."""
+        return list(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        index = int(index)
+        if not 0 <= index < len(self._files):
+            raise IndexError(f"index {index} out of range for {len(self._files)} files")
+        record = {"image": self._image(self._files[index]), "sample_id": np.int64(index)}
+        if self._label is not None:
+            record["label"] = np.int32(self._label[index])
+        if self._multi_hot is not None:
+            record["labels"] = self._multi_hot[index]
+        return record
+
+
+class ImageFolderSource(FileRecords):
     """Random-access source over an image folder, with a static image shape.
 
     Layouts: `root/<class>/**/<file>` (classes are the sorted sub-folder names), or files directly
@@ -219,27 +253,8 @@ class ImageFolderSource:
                       f"(pass image_size to resize)")
         return arr
 
-    @property
-    def files(self) -> list[str]:
-        """The files behind each index (after skipping corrupt ones)."""
-        return list(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        index = int(index)
-        if not 0 <= index < len(self._files):
-            raise IndexError(f"index {index} out of range for {len(self._files)} images")
-        record = {
-            "image": self._decode(self._files[index], self.channels, self._native_shape),
-            "sample_id": np.int64(index),
-        }
-        if self._label is not None:
-            record["label"] = np.int32(self._label[index])
-        if self._multi_hot is not None:
-            record["labels"] = self._multi_hot[index]
-        return record
+    def _image(self, path: str) -> np.ndarray:
+        return self._decode(path, self.channels, self._native_shape)
 
     def __repr__(self) -> str:
         return (f"ImageFolderSource({str(self.root)!r}, n={len(self)}, image_shape="

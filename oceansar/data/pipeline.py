@@ -256,6 +256,17 @@ def epoch_dataset(source: Any, selection: Selection, *, seed: int, epoch: int, b
     return ds
 
 
+def check_indices(indices, source_len: int) -> np.ndarray:
+    """`indices` as a flat int64 array of source indices; ValueError when empty or outside the source."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size == 0:
+        raise ValueError("no indices to read")
+    if indices.min() < 0 or indices.max() >= source_len:
+        raise ValueError(f"indices must lie in [0, len(source)={source_len}), got range "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+    return indices
+
+
 def inference_rows(num_rows: int, *, batch_size: int, shard_index: int = 0,
                    shard_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Which positions of an inference pass over `num_rows` rows process `shard_index` reads.
@@ -324,12 +335,7 @@ def inference_dataset(source: Any, indices: np.ndarray, *, batch_size: int, shar
         record without an image; while iterating, a record (or `read_batch` result) whose image
         shape, dtype or scalar fields differ from the first record's, naming it.
     """
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if indices.size == 0:
-        raise ValueError("inference_dataset got no indices")
-    if indices.min() < 0 or indices.max() >= len(source):
-        raise ValueError(f"indices must lie in [0, len(source)={len(source)}), got range "
-                         f"[{int(indices.min())}, {int(indices.max())}]")
+    indices = check_indices(indices, len(source))
     if read_threads < 0:
         raise ValueError(f"read_threads must be >= 0, got {read_threads}")
     positions, valid = inference_rows(indices.size, batch_size=batch_size, shard_index=shard_index,

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from oceansar.data.decode import CorruptImageError, decode_image, resize_square
-from oceansar.data.folder import read_labels_csv
+from oceansar.data.folder import FileRecords, read_labels_csv
 from oceansar.data.synthetic import DB_RANGE
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _list_wv_files(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike]
     return [str(p) for p in paths_or_dir]
 
 
-class WVFileSource:
+class WVFileSource(FileRecords):
     """Random-access source over real WV files, on the simulator's uint8 sigma0-dB scale.
 
     Records: `image` uint8 [S, S, 1] (normalised sigma0 dB of `read_wv` times 255, the same scale
@@ -183,24 +183,8 @@ class WVFileSource:
                        float_units=self.float_units)
         return np.rint(norm * 255.0).astype(np.uint8)
 
-    @property
-    def files(self) -> list[str]:
-        """The file behind each index."""
-        return list(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        index = int(index)
-        if not 0 <= index < len(self._files):
-            raise IndexError(f"index {index} out of range for {len(self._files)} WV files")
-        record = {"image": self._read(self._files[index]), "sample_id": np.int64(index)}
-        if self._label is not None:
-            record["label"] = np.int32(self._label[index])
-        if self._multi_hot is not None:
-            record["labels"] = self._multi_hot[index]
-        return record
+    def _image(self, path: str) -> np.ndarray:
+        return self._read(path)
 
     def __repr__(self) -> str:
         return f"WVFileSource(n={len(self)}, image_size={self.image_size})"

@@ -90,26 +90,7 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array], source, *, batc
       ValueError: on an empty selection, a bad batch size or mesh, records of differing image shape or
         fields, or embed_fn output that is not [batch_size, D].
     """
-    if indices is None:
-        indices = np.arange(len(source), dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if indices.size == 0:
-        raise ValueError("extract_features got no indices to embed")
-    if indices.min() < 0 or indices.max() >= len(source):
-        raise ValueError(f"indices must lie in [0, len(source)={len(source)}), got range "
-                         f"[{int(indices.min())}, {int(indices.max())}]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    sharding = None
-    shard_index, shard_count = 0, 1
-    if mesh is not None:
-        if "data" not in mesh.axis_names:
-            raise ValueError(f"mesh has axes {mesh.axis_names}; extract_features shards over a 'data' axis")
-        if batch_size % mesh.shape["data"]:
-            raise ValueError(f"batch_size={batch_size} is not divisible by the mesh's data axis "
-                             f"({mesh.shape['data']} devices)")
-        sharding = NamedSharding(mesh, P("data"))
-        shard_index, shard_count = _process_block(sharding, batch_size)
+    indices, sharding, (shard_index, shard_count) = _check_inputs(source, indices, batch_size, mesh)
     dataset = pipeline.inference_dataset(source, indices, batch_size=batch_size, shard_index=shard_index,
                                          shard_count=shard_count)
 
@@ -144,18 +125,39 @@ def extract_features(embed_fn: Callable[[jax.Array], jax.Array], source, *, batc
         iterator.close()
 
     local = {name: np.concatenate([f[name] for f in local_fields]) for name in local_fields[0]}
-    if shard_count > 1:
-        # Each process holds its rows of every batch: gather them with their positions in `indices`.
-        positions, _ = pipeline.inference_rows(n, batch_size=batch_size, shard_index=shard_index,
-                                               shard_count=shard_count)
-        where = _allgather_rows({"valid": local.pop("valid"), "position": positions.reshape(-1)})
-        valid, positions = where["valid"], where["position"]
-        gathered = _allgather_rows(local)
-        fields = {}
-        for name, values in gathered.items():
-            fields[name] = np.empty(n, values.dtype)
-            fields[name][positions[valid]] = values[valid]
-    else:
-        valid = local.pop("valid")
-        fields = {name: values[valid] for name, values in local.items()}
+    fields = _gather_fields(local, n, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count)
     return {"features": np.concatenate(features).astype(np.float32), **fields}
+
+
+def _check_inputs(source, indices, batch_size: int, mesh):
+    """(indices as int64, the batch sharding or None, (shard_index, shard_count)); ValueError on bad input."""
+    indices = pipeline.check_indices(np.arange(len(source)) if indices is None else indices, len(source))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if mesh is None:
+        return indices, None, (0, 1)
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"mesh has axes {mesh.axis_names}; extract_features shards over a 'data' axis")
+    if batch_size % mesh.shape["data"]:
+        raise ValueError(f"batch_size={batch_size} is not divisible by the mesh's data axis "
+                         f"({mesh.shape['data']} devices)")
+    sharding = NamedSharding(mesh, P("data"))
+    return indices, sharding, _process_block(sharding, batch_size)
+
+
+def _gather_fields(local: dict[str, np.ndarray], n: int, *, batch_size: int, shard_index: int,
+                   shard_count: int) -> dict[str, np.ndarray]:
+    """The records' scalar fields in `indices` order, padding dropped, gathered from every process."""
+    if shard_count == 1:
+        valid = local.pop("valid")
+        return {name: values[valid] for name, values in local.items()}
+    # Each process holds its rows of every batch: gather them with their positions in `indices`.
+    positions, _ = pipeline.inference_rows(n, batch_size=batch_size, shard_index=shard_index,
+                                           shard_count=shard_count)
+    where = _allgather_rows({"valid": local.pop("valid"), "position": positions.reshape(-1)})
+    valid, positions = where["valid"], where["position"]
+    fields = {}
+    for name, values in _allgather_rows(local).items():
+        fields[name] = np.empty(n, values.dtype)
+        fields[name][positions[valid]] = values[valid]
+    return fields

@@ -1,7 +1,8 @@
-"""Cosine k-NN classification on frozen features, with the test-set bootstrap of seed 002.
+"""Cosine k-NN classification on frozen features, with the test-set bootstrap of Barseghyan et al.
+(TerraBytes @ ICML 2025).
 
 Here live the weighted k-NN vote of DINO's `eval_knn.py` (votes weighted by exp(sim / T) over the top-k
-neighbours; k = 1 is plain 1-NN), the bootstrap of a test-set metric (METHODS 8: only the test predictions
+neighbours; k = 1 is plain 1-NN), the bootstrap of a test-set metric (only the test predictions
 are resampled, nothing is retrained), and the input checks every evaluator shares. Every kernel is jitted
 and blockwise over test rows with static shapes, so memory is O(block x n_train), never O(n_test x n_train).
 Feature extraction lives in `features.py` and the probes in `probes.py`; nothing here touches a model.
@@ -213,7 +214,7 @@ def _bootstrap_accuracy(correct, seed, *, n_bootstrap):
 
 
 def bootstrap_accuracy(correct: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Mean and std of accuracy over test-set resamples; never retrains (METHODS 8).
+    """Mean and std of accuracy over test-set resamples; never retrains.
 
     Args:
       correct: [n_test] booleans (prediction == label).
@@ -278,7 +279,7 @@ def knn_eval(train_feats, train_labels, test_feats, test_labels, *, ks: Sequence
 
     Returns:
       {"knn/top1_k{k}", "knn/top1_k{k}_std", "knn/balanced_acc_k{k}", "knn/balanced_acc_k{k}_std"}
-      for each k: accuracy is the bootstrap mean (METHODS 8), balanced accuracy is the mean per-class
+      for each k: accuracy is the bootstrap mean, balanced accuracy is the mean per-class
       recall (the simulator's test split is balanced, other sources may not be).
     """
     ks = tuple(int(k) for k in ks)

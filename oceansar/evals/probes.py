@@ -6,7 +6,7 @@ validation split of the train features, then refitted on all of them: the protoc
 `log_regression.py`), the regression probe (closed-form ridge on standardised features and target, alpha
 picked by exact leave-one-out error, RMSE reported in the target's physical units), and
 `evaluate_features`, which runs k-NN and every probe on feature dicts from `features.extract_features`.
-Test-set uncertainty is a bootstrap over test samples (METHODS 8); nothing here retrains per resample.
+Test-set uncertainty is a bootstrap over test samples; nothing here retrains per resample.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DINO objective: cross-entropy between centred, sharpened teacher and student crop distributions (METHODS 6.3).
+"""DINO objective: cross-entropy between centred, sharpened teacher and student crop distributions (arXiv 2104.14294).
 
 Pure functions over arrays, float32 math, jit-friendly. The loss comes back per sample ([B]) because dynamic pruning
 (InfoBatch-style rescaling, loss statistics) needs it; its batch mean is DINO's scalar loss. Also here: the centre

@@ -1,4 +1,5 @@
-"""KoLeo regulariser of DINOv2 (METHODS 6.6): spreads features by penalising small nearest-neighbour distances.
+"""KoLeo regulariser (arXiv 1806.03198) as DINOv2 uses it (arXiv 2304.07193): spreads features by penalising
+small nearest-neighbour distances.
 
 Pure function over arrays, float32 math. DINOv2 computes it per device on the local batch; under `jax.jit` with a
 sharded batch the neighbour search here would span the global batch, so callers that want DINOv2's per-device

@@ -2,9 +2,10 @@
 
 The DINO loss drifts during training (teacher-temperature warm-up, centering, EMA teacher), so a
 raw loss measured at step 100 is not comparable with one measured at step 10,000. Each observation
-is therefore stored relative to the batch: `score = loss - mean(loss over the step's batch)`, the
-drift-free form of METHODS 5.1 fix (a). The table keeps an EMA of that score, an EMA of its square
-(for a variance), the number of times the sample was seen and the step it was last seen.
+is therefore stored relative to the batch: `score = loss - mean(loss over the step's batch)`, a
+drift-free form of InfoBatch's per-sample score (arXiv 2303.04947). The table keeps an EMA of that
+score, an EMA of its square (for a variance), the number of times the sample was seen and the step
+it was last seen.
 
 The update is a scatter inside the jitted train step; no host round-trip per step.
 """
@@ -58,7 +59,3 @@ def update(table: dict[str, jax.Array], sample_id: jax.Array, per_sample_loss: j
             jnp.where(valid, step.astype(jnp.int32), table["last_step"][idx])),
     }
 
-
-def variance(table: dict[str, jax.Array]) -> jax.Array:
-    """Per-sample EMA variance of the score (0 for samples seen at most once)."""
-    return jnp.maximum(table["score_sq"] - table["score"] ** 2, 0.0)

@@ -54,27 +54,28 @@ class Decision:
     report: dict[str, Any] | None = None
 
 
-class FullData:
+class _ReadsNothing:
+    """A subset policy that decides from (seed, epoch) alone: it plans no embedding."""
+
+    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
+        return None
+
+
+class FullData(_ReadsNothing):
     """Every sample every epoch, weight 1 (the baseline)."""
 
     def __init__(self, num_samples: int):
         self.num_samples = num_samples
 
-    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
-        return None
-
     def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
         return Selection.full(self.num_samples), None
 
 
-class RandomSubset:
+class RandomSubset(_ReadsNothing):
     """A uniform random fraction `rho` of the pool, redrawn every epoch (the random baseline)."""
 
     def __init__(self, num_samples: int, *, rho: float, seed: int):
         self.num_samples, self.rho, self.seed = num_samples, rho, seed
-
-    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
-        return None
 
     def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
         rng = np.random.default_rng([self.seed, epoch, 0x5E1])
@@ -82,14 +83,11 @@ class RandomSubset:
         return Selection.subset(np.sort(rng.choice(self.num_samples, n_keep, replace=False))), None
 
 
-class StaticSubset:
+class StaticSubset(_ReadsNothing):
     """A subset curated offline (`launch.py --mode=curate`), visited whole every epoch."""
 
     def __init__(self, selection: Selection):
         self.selection = selection
-
-    def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
-        return None
 
     def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
         return self.selection, None

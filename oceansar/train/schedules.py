@@ -12,7 +12,7 @@ import jax.numpy as jnp
 def warmup_cosine(step, *, peak: float, end: float, warmup_steps: int, total_steps: int):
     """Linear warm-up from 0 to `peak` over `warmup_steps`, then cosine to `end` at `total_steps`.
 
-    DINO's learning-rate schedule (METHODS 6.4), written per step.
+    DINO's learning-rate schedule (arXiv 2104.14294), written per step.
     """
     step = jnp.asarray(step, jnp.float32)
     warm = peak * step / jnp.maximum(warmup_steps, 1)
@@ -35,7 +35,7 @@ def linear_warmup(step, *, start: float, end: float, warmup_steps: int):
 
 def wsd(step, *, start: float, peak: float, end: float, warmup_steps: int, decay_steps: int,
         total_steps: int, shape: str = "cosine"):
-    """Warmup-stable-decay (MiniCPM; METHODS 6.7): linear warm-up, flat, then decay to `end`.
+    """Warmup-stable-decay (MiniCPM, arXiv 2404.06395): linear warm-up, flat, then decay to `end`.
 
     The stable phase does not depend on the epoch length, which suits dynamic pruning: only the
     decay start is fixed, by the compute budget.
