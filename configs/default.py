@@ -38,6 +38,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         worker_count=0,            # Grain worker processes; 0 reads in the main process
         cache=True,                # read the pool (and the eval splits) into memory once: the
                                    # simulator renders ~1 ms/image, more than a CPU train step costs
+        pool_transform=dict(       # a redundant, heavy-tailed pool built from a labelled source, with its
+                                   # classes and duplicate groups kept as hidden truth (measuring curation)
+            enabled=False,
+            zipf=1.0,              # class shares 1 / rank^zipf, classes in a random order
+            class_shares=(),       # or explicit shares, one per class
+            num_originals=0,       # 0 = as many distinct originals as the shares allow
+            burst_fraction=0.3,    # originals that come with near-duplicate copies
+            copies=(2, 8),         # members of a burst, the original included
+            crop=(0.85, 0.97),     # a copy's random crop, fraction of the side, resized back
+            brightness=(0.9, 1.1),
+            degradation="jpeg",    # jpeg (optical) | speckle (SAR) | none
+            jpeg_quality=(60, 90),
+            looks=4.0,             # speckle looks
+            seed=0,
+        ),
     )
     c.model = dict(
         variant=arg.variant,       # ViT variant string: Ti/16, S/16, S/8, B/16, B/8, mu/8 (tiny)

@@ -146,9 +146,13 @@ class Experiment:
         out_shardings = (state_shardings, replicated, sharding.batch_sharded(self.mesh))
         jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=out_shardings)
         compiled = jitted.lower(self.abstract_state, self.batch_spec(image_dtype)).compile()
-        if log:
+        if log and jax.process_index() == 0:
             report = program_report(compiled)
-            logging.info("train step compiled: %s", ", ".join(f"{k}={v:.4g}" for k, v in report.items()))
+            flops = report.get("flops", float("nan")) / max(self.spec.batch_size // self.mesh.size, 1)
+            temp = report.get("temp_size_in_bytes", 0) + report.get("argument_size_in_bytes", 0)
+            print(f"train step compiled for {self.mesh.size} device(s): {flops / 1e9:.3g} GFLOP per sample (XLA), "
+                  f"{temp / 2**20:.1f} MiB of arguments and temporaries per device")
+            logging.info("train step program: %s", report)
         return compiled
 
     def embed_fn(self, features: str = "cls") -> Callable[[Any, jax.Array], jax.Array]:

@@ -67,10 +67,46 @@ def build(cls, block: Any, path: str):
     for name in names:
         if name not in given:
             raise ValueError(f"{where}{name}: missing (every default lives in configs/)")
+    values = {name: build(_NESTED[hints[name]], block[name], f"{path}.{name}") if hints[name] in _NESTED
+              else _coerce(block[name], hints[name]) for name in names}
     try:
-        return cls(**{name: _coerce(block[name], hints[name]) for name in names})
+        return cls(**values)
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSpec:
+    """A heavy-tailed pool with near-duplicate bursts built from a labelled source (`config.data.pool_transform`)."""
+
+    enabled: bool
+    zipf: float                      # class shares proportional to 1 / rank^zipf (random class order)
+    class_shares: tuple[float, ...]  # explicit shares instead of Zipf, one per class
+    num_originals: int               # distinct originals; 0 = as many as the class shares allow
+    burst_fraction: float            # fraction of originals that come with near-duplicate copies
+    copies: tuple[int, ...]          # (min, max) members of a burst, the original included
+    crop: tuple[float, ...]          # side fraction of a copy's random crop
+    brightness: tuple[float, ...]    # multiplicative brightness of a copy
+    degradation: str                 # jpeg | speckle | none
+    jpeg_quality: tuple[int, ...]
+    looks: float                     # speckle: looks of the gamma noise
+    seed: int
+
+    def __post_init__(self):
+        _require(self.zipf >= 0, "zipf", "must be >= 0")
+        _require(self.num_originals >= 0, "num_originals", "must be >= 0")
+        _require(0 <= self.burst_fraction <= 1, "burst_fraction", "must be in [0, 1]")
+        _require(len(self.copies) == 2 and 2 <= self.copies[0] <= self.copies[1], "copies",
+                 f"must be (min, max) with 2 <= min <= max, got {self.copies}")
+        for name in ("crop", "brightness"):
+            lo_hi = getattr(self, name)
+            _require(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], name, f"must be (lo, hi), got {lo_hi}")
+        _require(self.crop[1] <= 1, "crop", "side fractions must be <= 1")
+        _require(self.degradation in ("jpeg", "speckle", "none"), "degradation",
+                 f"{self.degradation!r} is not jpeg, speckle or none")
+        _require(len(self.jpeg_quality) == 2 and 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100,
+                 "jpeg_quality", f"must be (lo, hi) in [1, 100], got {self.jpeg_quality}")
+        _require(self.looks > 0, "looks", "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +128,7 @@ class DataSpec:
     std: float
     worker_count: int
     cache: bool
+    pool_transform: PoolSpec   # a redundant, heavy-tailed pool over a labelled source
 
     def __post_init__(self):
         _require(self.source in SOURCES, "source", f"unknown source {self.source!r}; known: {SOURCES}")
@@ -343,3 +380,6 @@ def _top_fields() -> list[tuple[str, Any]]:
 
 # The top-level scalar fields as a dataclass of their own, so `build` names the unknown and missing ones.
 _Top = dataclasses.make_dataclass("_Top", _top_fields(), frozen=True)
+
+# Blocks inside blocks, by the annotation that names them.
+_NESTED = {"PoolSpec": PoolSpec}

@@ -10,6 +10,7 @@ import pytest
 from oceansar.apps.pretrain import pretrain
 from oceansar.data.selection import Selection
 from oceansar.pruning import policies
+from oceansar.pruning.report import selection_summary
 from oceansar.spec import PruningSpec, build
 from oceansar.train import loop
 
@@ -239,7 +240,7 @@ def test_selection_summary_reports_class_shares():
 
     source = SyntheticWV(num_samples=500, image_size=16, seed=0)
     sel = Selection.subset(np.arange(0, 500, 2))
-    info = loop.selection_summary(source, sel)
+    info = selection_summary(source, sel)
     shares = [v for k, v in info.items() if k.startswith("pruning/class_share/")]
     assert info["selection_size"] == 250 and len(shares) == 10
     assert sum(shares) == pytest.approx(1.0)

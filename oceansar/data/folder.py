@@ -139,6 +139,12 @@ class FileRecords:
     def __len__(self) -> int:
         return len(self._files)
 
+    def labels(self, indices=None) -> np.ndarray | None:
+        """The class index of each record (None without single labels), read without decoding images."""
+        if self._label is None:
+            return None
+        return self._label if indices is None else self._label[np.asarray(indices)]
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = int(index)
         if not 0 <= index < len(self._files):

@@ -19,6 +19,7 @@ import numpy as np
 from oceansar.data import synthetic
 from oceansar.data.cache import InMemorySource
 from oceansar.data.folder import ImageFolderSource
+from oceansar.data.pool import RedundantPool
 from oceansar.data.wv_files import WVFileSource
 
 
@@ -38,8 +39,8 @@ def _tfds_source(name: str, *, split: str, data_dir: str, image_size: int):
 
 
 def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
-    """The unlabelled pretraining pool of a `DataSpec` (labels, if any, stay hidden), read into
-    memory once when `data.cache` is set."""
+    """The unlabelled pretraining pool of a `DataSpec` (labels, if any, stay hidden), made redundant and
+    heavy-tailed when `data.pool_transform.enabled`, read into memory once when `data.cache` is set."""
     if data.source == "synthetic_wv":
         source = synthetic.SyntheticWV(
             num_samples=data.num_samples, image_size=data.image_size, seed=seed,
@@ -54,6 +55,8 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
     else:
         source = _tfds_source(data.tfds_name, split=data.tfds_split, data_dir=data.root,
                               image_size=data.image_size)
+    if data.pool_transform.enabled:
+        source = RedundantPool(source, data.pool_transform)
     return InMemorySource(source, progress=progress) if data.cache else source
 
 

@@ -29,12 +29,11 @@ from tqdm import tqdm
 from oceansar import sharding
 from oceansar.checkpoint import Checkpointer
 from oceansar.data import pipeline
-from oceansar.data.selection import Selection
 from oceansar.evals import features as features_lib
 from oceansar.experiment import Experiment
 from oceansar.metrics import MetricWriter, truncate_after
 from oceansar.pruning.policies import Pruner
-from oceansar.pruning.report import resampling_scalars, write_reports
+from oceansar.pruning.report import resampling_scalars, selection_summary, write_reports
 from oceansar.train.run_state import RunState
 
 
@@ -54,20 +53,6 @@ class Trained:
     run: RunState
     step: int
     train_seconds: float
-
-
-def selection_summary(source, selection: Selection, *, resamplings: int = 0) -> dict[str, float]:
-    """Size, kept fraction, mean weight, re-clusterings so far and, where the source knows its hidden
-    labels (the simulator), the class shares of a selection."""
-    out = {"selection_size": len(selection),
-           "pruning/kept_fraction": len(selection) / len(source),
-           "pruning/weight_mean": float(selection.weights.mean()),
-           "pruning/resamplings": resamplings}
-    if hasattr(source, "labels") and hasattr(source, "class_names"):
-        counts = np.bincount(source.labels(selection.indices), minlength=len(source.class_names))
-        out.update({f"pruning/class_share/{name}": float(c) / len(selection)
-                    for name, c in zip(source.class_names, counts)})
-    return out
 
 
 class _Feed:
@@ -174,7 +159,7 @@ def _start(exp: Experiment, source, pruner: Pruner, feed: _Feed, ckpt: Checkpoin
 
 def _describe(source, run: RunState) -> dict[str, float]:
     """The selection's log fields, with the latest re-clustering's cluster-size summary."""
-    info = selection_summary(source, run.served, resamplings=run.resamplings)
+    info = selection_summary(source, run.served) | {"pruning/resamplings": run.resamplings}
     return info | (resampling_scalars(run.reports[-1]) if run.reports else {})
 
 

@@ -110,6 +110,10 @@ class SyntheticWV:
         """TenGeoP class index (int32) of `indices` (all when None), without rendering."""
         return self.targets(indices)["label"]
 
+    def groups(self, indices: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """Near-duplicate group of `indices` (all when None): the burst, `index // burst_length`."""
+        return self._indices(indices) // self.burst_length
+
     def _render(self, index: int) -> tuple[int, dict[str, np.ndarray], np.ndarray]:
         i = operator.index(index)
         if not 0 <= i < self.num_samples:
