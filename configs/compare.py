@@ -43,20 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         methods=("full", "random", "static_semdedup", "static_hkmeans", "dynamic",
                  "dynamic_infobatch"),
         seeds=tuple(range(int(arg.seeds))),   # each seed draws its own pool, init and data order
-        # SemDeDup keeps what its eps decides; the comparison takes the eps of this list whose kept
-        # fraction is closest to pruning.rho, so every subset method trains on about as many images.
-        # The tiny default ViT has 32-d features in which most pairs of a cluster are above cosine
-        # 0.98, so the useful eps are far below the 0.05-0.3 of large backbones.
-        semdedup_eps=(1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3),
+        # Static curation is sized from the pool the run actually has (counted, not data.num_samples):
+        # hierarchical k = N/20, N/200, N/2000 (Vo et al., arXiv 2405.15613), and SemDeDup clusters of
+        # about 128 points whose eps is found so that the subset keeps pruning.rho of the pool, like every
+        # other subset method (the quantile of the similarities: no grid of eps to guess).
+        hkmeans_divisors=(20, 200, 2000),
+        semdedup_points_per_cluster=128,
     )
     sd = curate_semdedup.get_config(smoke)
-    sd.semdedup.eps_list = c.compare.semdedup_eps
-    sd.semdedup.eps = c.compare.semdedup_eps[0]
     hk = curate_hkmeans.get_config(smoke)
-    if not arg.smoke:
-        n = c.data.num_samples      # k = N/20, N/200, N/2000 (Vo et al., arXiv 2405.15613)
-        hk.hkmeans.n_clusters = (n // 20, n // 200, max(n // 2000, 2))
-        sd.semdedup.n_clusters = max(n // 128, 8)
     for sub in (sd, hk):
         sub.plot_examples = 0 if arg.smoke else sub.plot_examples
         sub.progress = False
@@ -71,10 +66,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.pruning.n_clusters = (8, 2)
         c.pruning.n_resamples = 1
         c.evals.wv.every_examples = 16 * 8
-        c.compare.curate_hkmeans.hkmeans.n_clusters = (8, 2)
-        c.compare.curate_semdedup.semdedup.n_clusters = 4
-        # A few steps of a tiny net leave near-identical embeddings (median cosine ~0.999).
-        c.compare.curate_semdedup.semdedup.eps_list = (1e-4, 3e-4, 1e-3, 3e-3)
-        c.compare.curate_semdedup.semdedup.eps = 1e-4
-    c.compare.curate_hkmeans.target_fraction = c.pruning.rho
+        c.compare.hkmeans_divisors = (8, 32)
+        c.compare.semdedup_points_per_cluster = 16
     return c

@@ -18,7 +18,7 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, embeddings="", eps=0.2, smoke=False)
+    arg = common.parse_arg(arg, embeddings="", eps=0.2, target_fraction=0.0, smoke=False)
     c = ml_collections.ConfigDict()
     c.name = "curate_semdedup"
     c.recipe = "semdedup"
@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         n_clusters=64,             # SemDeDup uses 50k for 440M images; ~N/128 keeps clusters small here
         eps_list=(0.01, 0.05, 0.1, 0.2, 0.3),  # decided together; the summary reports each kept size
         eps=arg.eps,               # the one written: similarity 0.8 = eps 0.2 (Barseghyan et al. 2025)
+        target_fraction=arg.target_fraction,  # > 0: eps chosen so the first pass keeps this fraction (the
+                                   # quantile of the max similarities); eps and eps_list are then unused
         n_passes=1,                # > 1 re-clusters the survivors and repeats (Barseghyan et al. run up to 190)
         ordering="hard",           # keep the member farthest from the centroid (SemDeDup default)
         kmeans_iters=100,          # faiss niter of the SemDeDup configs

@@ -12,6 +12,7 @@ redone and an interrupted one resumes from its own checkpoint, so rerunning the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -25,9 +26,11 @@ from tqdm import tqdm
 from oceansar.apps.curate import curate
 from oceansar.apps.embed import embed
 from oceansar.apps.pretrain import pretrain
-from oceansar.data import pipeline
-from oceansar.data.selection import KEPT_FILE, SUMMARY_FILE
+from oceansar.data import pipeline, sources
+from oceansar.data.selection import KEPT_FILE
+from oceansar.experiment import run_spec
 from oceansar.metrics import read_jsonl
+from oceansar.pruning.report import ENGAGEMENT
 
 METHODS = {                       # method -> pruning.policy
     "full": "none",
@@ -51,19 +54,40 @@ def _check(config) -> None:
                          "every_examples > 0")
 
 
-def _prefix_steps(config) -> int:
-    """The warm-up prefix: T_w examples rounded up to a full-data epoch boundary."""
-    per_epoch = pipeline.steps_per_epoch(config.data.num_samples, config.batch_size)
+def pool_size(config) -> int:
+    """The number of samples in the pool the config describes, counted on the pool itself (not read
+    into memory): a folder's images, a redundant pool's records, the simulator's `num_samples`."""
+    spec = run_spec(config)
+    data = dataclasses.replace(spec.data, cache=False)
+    return len(sources.make_pretrain_source(data, seed=spec.seed, progress=False))
+
+
+def _prefix_steps(config, n: int) -> int:
+    """The warm-up prefix: T_w examples rounded up to a full-data epoch boundary of a pool of n."""
+    per_epoch = pipeline.steps_per_epoch(n, config.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"config.batch_size={config.batch_size} exceeds the pool of {n} samples")
     return max(1, math.ceil(config.pruning.warmup_examples / (per_epoch * config.batch_size))) * per_epoch
 
 
-def _semdedup_eps(summary: dict[str, Any], target: int) -> float:
-    kept = {float(e): n for e, n in summary["kept_per_eps"].items()}
-    return min(kept, key=lambda e: (abs(kept[e] - target), e))
+def _curate_config(config, method: str, n: int, embed_dir: pathlib.Path):
+    """The curate recipe of a static method, sized from the pool of n: hierarchical k from
+    `compare.hkmeans_divisors`, SemDeDup's clusters from `compare.semdedup_points_per_cluster` and its eps
+    found from the target fraction rho."""
+    cmp = config.compare
+    c = (cmp.curate_semdedup if method == "static_semdedup" else cmp.curate_hkmeans).copy_and_resolve_references()
+    c.embeddings, c.seed = str(embed_dir), config.seed
+    if method == "static_semdedup":
+        c.semdedup.n_clusters = max(n // cmp.semdedup_points_per_cluster, 2)
+        c.semdedup.target_fraction = config.pruning.rho
+    else:
+        c.hkmeans.n_clusters = tuple(max(n // d, 2) for d in cmp.hkmeans_divisors)
+        c.target_fraction = config.pruning.rho
+    return c
 
 
-def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path,
-                       methods) -> dict[str, pathlib.Path]:
+def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path, methods,
+                       n: int) -> dict[str, pathlib.Path]:
     """Embeds the pool with the warm-up teacher and curates it once per static method."""
     out: dict[str, pathlib.Path] = {}
     wanted = [m for m in methods if METHODS[m] == "static"]
@@ -73,21 +97,11 @@ def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path
     if not (embed_dir / "embed.json").is_file():
         e = _embed_config(config, release_dir)
         embed(e, embed_dir)
-    target = int(round(config.pruning.rho * config.data.num_samples))
     for method in wanted:
         curate_dir = seed_dir / f"curate_{method.removeprefix('static_')}"
         out[method] = curate_dir
-        if (curate_dir / KEPT_FILE).is_file():
-            continue
-        c = (config.compare.curate_semdedup if method == "static_semdedup"
-             else config.compare.curate_hkmeans).copy_and_resolve_references()
-        c.embeddings, c.seed = str(embed_dir), config.seed
-        if method == "static_semdedup":
-            probe = curate_dir / "eps_probe"
-            if not (probe / SUMMARY_FILE).is_file():
-                curate(c, probe)
-            c.semdedup.eps = _semdedup_eps(json.loads((probe / SUMMARY_FILE).read_text()), target)
-        curate(c, curate_dir)
+        if not (curate_dir / KEPT_FILE).is_file():
+            curate(_curate_config(config, method, n, embed_dir), curate_dir)
     return out
 
 
@@ -109,11 +123,12 @@ def _seed_config(config, seed: int):
 def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
     """Trains every (seed, method) that is not finished yet; returns the raw results."""
     methods, seeds = tuple(config.compare.methods), tuple(config.compare.seeds)
-    prefix = _prefix_steps(config)
+    n = pool_size(config)
+    prefix = _prefix_steps(config, n)
     is_main = jax.process_index() == 0
     bar = tqdm(total=len(seeds) * (len(methods) + 1), desc="compare", unit="run",
                disable=not is_main, dynamic_ncols=True)
-    raw: dict[str, Any] = {"prefix_steps": prefix, "runs": {}}
+    raw: dict[str, Any] = {"prefix_steps": prefix, "pool_size": n, "runs": {}}
     for seed in seeds:
         base = _seed_config(config, seed)
         seed_dir = workdir / f"seed{seed}"
@@ -123,7 +138,7 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
             warm_config.pruning.policy = "none"
             pretrain(warm_config, warm, stop_at_step=prefix)
         bar.update(1)
-        static = _static_selections(base, seed_dir, warm / "release", methods)
+        static = _static_selections(base, seed_dir, warm / "release", methods, n)
         for method in methods:
             run_dir = seed_dir / method
             if not (run_dir / "summary.json").is_file():
@@ -153,13 +168,53 @@ def _read_run(run_dir: pathlib.Path, warm: pathlib.Path) -> dict[str, Any]:
     train = [r for r in records if "train/loss" in r]
     share_keys = sorted({k for r in train for k in r if k.startswith("pruning/class_share/")})
     mix = {k.rsplit("/", 1)[-1]: float(np.mean([r.get(k, 0.0) for r in train])) for k in share_keys}
+    own = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]  # after the warm-up
+    engaged = {k: float(np.mean([r[f"pruning/{k}"] for r in own])) for k in ENGAGEMENT
+               if own and all(f"pruning/{k}" in r for r in own)}
+    pool = {k: own[0][f"pool/{k}"] for k in ENGAGEMENT if own and f"pool/{k}" in own[0]}
     return {"final": summary["final"], "pruning": summary["pruning"], "evaluated": summary["evaluated"],
-            "train_seconds": summary["train_seconds"], "curve": curve, "class_mix": mix}
+            "train_seconds": summary["train_seconds"], "curve": curve, "class_mix": mix,
+            "engagement": engaged, "pool_engagement": pool}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def paired_table(raw: dict[str, Any], config) -> str:
+    """Each method minus full data on the same seed (same pool, init and warm-up): mean ± standard error
+    of the paired difference over seeds, and whether it is beyond two standard errors."""
+    seeds, cols = tuple(config.compare.seeds), columns(raw)
+    head = ["method − full data"] + [title for _, title, _ in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in config.compare.methods:
+        if m == "full":
+            continue
+        row = [m]
+        for key, _, higher in cols:
+            d = np.array([raw["runs"][f"{m}/seed{s}"]["final"][key] - raw["runs"][f"full/seed{s}"]["final"][key]
+                          for s in seeds])
+            se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+            better = (d.mean() > 2 * se) if higher else (d.mean() < -2 * se)
+            row.append(f"{d.mean():+.3f} ± {se:.3f}" + (" (> 2 SE)" if d.size > 1 and better else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def engagement_table(raw: dict[str, Any], config) -> str:
+    """Redundancy of what each method trained on after the warm-up (mean over log steps and seeds),
+    next to the pool's, from the pool's hidden classes and duplicate groups."""
+    runs = {m: [raw["runs"][f"{m}/seed{s}"] for s in config.compare.seeds] for m in config.compare.methods}
+    keys = [k for k in ENGAGEMENT if all(k in r["engagement"] for rs in runs.values() for r in rs)]
+    if not keys:
+        return ""
+    lines = ["| selection | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    pool = next(iter(runs.values()))[0]["pool_engagement"]
+    lines.append("| pool | " + " | ".join(f"{pool[k]:.3f}" for k in keys) + " |")
+    for m, rs in runs.items():
+        lines.append(f"| {m} | " + " | ".join(f"{np.mean([r['engagement'][k] for r in rs]):.3f}" for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def columns(raw: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -270,11 +325,13 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         return raw
     md = table(raw, config)
     prefix = raw["prefix_steps"] * config.batch_size
+    engaged = engagement_table(raw, config)
     text = "\n".join([
         f"# Equal-compute comparison: {config.total_examples} examples seen per run",
         "",
-        f"Model {config.model.variant}, pool of {config.data.num_samples} {config.data.source} images, "
-        f"batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
+        f"Model {config.model.variant}, pool of {raw['pool_size']} {config.data.source} images"
+        + (" (redundant pool transform)" if config.data.pool_transform.enabled else "")
+        + f", batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
         f"same full-data warm-up of {prefix} examples. Final evaluation of the teacher by the evaluators "
         f"{', '.join(config.evals.keys())}; "
         "mean ± std over seeds; best method per column in bold. `final kept`: the fraction of the pool "
@@ -284,6 +341,15 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         "",
         md,
         "",
+        "Paired differences: each method minus full data on the same seed (same pool, initialisation and "
+        "warm-up), mean ± standard error over seeds.",
+        "",
+        paired_table(raw, config),
+        "",
+        *(["Redundancy of the served selections after the warm-up (hidden truth of the pool; mean over log "
+           "steps and seeds): share of the pool's head class, effective number of classes (exp of the class "
+           "entropy), near-duplicate share (visits that repeat a duplicate group) and duplicate groups "
+           "visited more than once.", "", engaged, ""] if engaged else []),
         "![accuracy versus examples seen](accuracy.png)",
         "",
         "![class mix](class_mix.png)",

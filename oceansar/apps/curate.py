@@ -178,12 +178,24 @@ def _hkmeans(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.n
     return kept, hier.levels[0].assignment.astype(np.int64), info
 
 
+def _semdedup_eps(x: np.ndarray, s, config, mesh, compute_dtype) -> float:
+    """The eps whose first pass keeps `s.target_fraction` of the points: one minus that quantile of each
+    point's largest similarity to an earlier member of its cluster (exact for one pass)."""
+    probe = dedup.semdedup(x, n_clusters=s.n_clusters, eps_list=(0.5,), n_passes=1, ordering=s.ordering,
+                           key=config.seed, normalize=True, kmeans_iters=s.kmeans_iters, block_size=s.block_size,
+                           units_per_call=s.units_per_call, compute_dtype=compute_dtype, mesh=mesh)
+    threshold = float(np.quantile(probe.max_similarity, s.target_fraction, method="lower"))
+    return float(np.clip(1.0 - threshold, 1e-7, 1.0 - 1e-7))
+
+
 def _semdedup(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     s = config.semdedup
+    if not 0.0 <= s.target_fraction <= 1.0:
+        raise ValueError(f"config.semdedup.target_fraction={s.target_fraction} must lie in [0, 1] (0: use eps)")
     eps_list = tuple(float(e) for e in s.eps_list)
-    if not eps_list or not all(0.0 < e < 1.0 for e in eps_list):
+    if not s.target_fraction and (not eps_list or not all(0.0 < e < 1.0 for e in eps_list)):
         raise ValueError(f"config.semdedup.eps_list={eps_list}: needs at least one eps, each in (0, 1)")
-    if float(s.eps) not in eps_list:
+    if not s.target_fraction and float(s.eps) not in eps_list:
         raise ValueError(f"config.semdedup.eps={s.eps} is not in config.semdedup.eps_list={eps_list}")
     if not 1 <= s.n_clusters <= pool.n:
         raise ValueError(f"config.semdedup.n_clusters={s.n_clusters} must lie in [1, {pool.n}] (the number of "
@@ -194,15 +206,18 @@ def _semdedup(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.
     compute_dtype = _compute_dtype(s.compute_dtype, "config.semdedup.compute_dtype")
 
     start = time.perf_counter()
-    res = dedup.semdedup(np.asarray(pool.x, np.float32), n_clusters=s.n_clusters, eps_list=eps_list,
-                         n_passes=s.n_passes, ordering=s.ordering, key=config.seed, normalize=True,
-                         kmeans_iters=s.kmeans_iters, block_size=s.block_size, units_per_call=s.units_per_call,
-                         compute_dtype=compute_dtype, mesh=mesh)
+    x = np.asarray(pool.x, np.float32)
+    eps = _semdedup_eps(x, s, config, mesh, compute_dtype) if s.target_fraction else float(s.eps)
+    eps_list = (eps,) if s.target_fraction else eps_list
+    res = dedup.semdedup(x, n_clusters=s.n_clusters, eps_list=eps_list, n_passes=s.n_passes, ordering=s.ordering,
+                         key=config.seed, normalize=True, kmeans_iters=s.kmeans_iters, block_size=s.block_size,
+                         units_per_call=s.units_per_call, compute_dtype=compute_dtype, mesh=mesh)
     timings["semdedup"] = time.perf_counter() - start
-    column = eps_list.index(float(s.eps))
+    column = eps_list.index(eps)
     kept = np.flatnonzero(res.kept[:, column]).astype(np.int64)
     info = {
-        "eps": float(s.eps),
+        "eps": eps,
+        "eps_from_target_fraction": float(s.target_fraction) or None,
         "kept_per_eps": {str(e): int(res.kept[:, i].sum()) for i, e in enumerate(eps_list)},
         "survivors_per_pass": {str(e): res.survivors_per_pass[:, i].tolist() for i, e in enumerate(eps_list)},
     }

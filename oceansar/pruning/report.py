@@ -85,6 +85,7 @@ def resampling_scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+ENGAGEMENT = ("head_share", "effective_classes", "near_duplicate_share", "duplicate_groups")
 ENGAGEMENT_PLOTTED = ("head_share", "near_duplicate_share")
 
 
