@@ -46,13 +46,33 @@ _SIM_N = flags.DEFINE_integer("simulator_samples", 16384, "Simulator pool size (
 _COPY_EPS = flags.DEFINE_list("copy_eps", ["0.02", "0.05", "0.1"], "SemDeDup eps on copy descriptors.")
 
 
+class _Gray:
+    """Luminance of an RGB source (the release takes one channel), labels passed through."""
+
+    def __init__(self, source):
+        self.source, self.class_names = source, source.class_names
+
+    def __len__(self):
+        return len(self.source)
+
+    def labels(self, indices=None):
+        return self.source.labels(indices)
+
+    def __getitem__(self, i):
+        record = dict(self.source[i])
+        rgb = record["image"].astype(np.float32)
+        record["image"] = np.uint8(np.clip(rgb @ np.float32([0.299, 0.587, 0.114]), 0, 255) + 0.5)[..., None]
+        return record
+
+
 def _pool(name: str, image_size: int):
     if name == "simulator":
         return InMemorySource(synthetic.SyntheticWV(_SIM_N.value, image_size=image_size, seed=0))
     spec = PoolSpec(enabled=True, zipf=1.0, class_shares=(), num_originals=0, burst_fraction=0.45, copies=(2, 8),
                     crop=(0.85, 0.97), brightness=(0.9, 1.1), degradation="jpeg", jpeg_quality=(60, 90), looks=4.0,
                     seed=0)
-    return InMemorySource(RedundantPool(ImageFolderSource(_UCM.value, image_size=image_size, channels=1), spec))
+    rgb = ImageFolderSource(_UCM.value, image_size=image_size, channels=3)
+    return InMemorySource(RedundantPool(_Gray(rgb), spec))
 
 
 def _features(source, rel: pathlib.Path, mesh) -> dict[str, np.ndarray]:
@@ -110,7 +130,6 @@ def main(argv):
     rel = pathlib.Path(_RELEASE.value)
     spec = json.loads((rel / "model.json").read_text())
     mesh = sharding.make_mesh()
-    results = []
     for name in _POOLS.value:
         source = _pool(name, image_size=48 if spec["img_size"] <= 48 else spec["img_size"])
         labels = np.asarray(source.labels())
@@ -118,10 +137,8 @@ def main(argv):
         start = time.perf_counter()
         feats = _features(source, rel, mesh)
         result = _measure(name, source, feats, labels, groups)
-        result["features_seconds"] = round(time.perf_counter() - start, 1)
-        results.append(result)
-    print(json.dumps({"benchmark": "engagement", "release": str(rel), "rho": _RHO.value, "results": results},
-                     indent=1))
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        print(json.dumps({"benchmark": "engagement", "release": str(rel), "rho": _RHO.value, **result}), flush=True)
 
 
 if __name__ == "__main__":

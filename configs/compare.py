@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_examples *= scale
     c.pruning.warmup_examples *= scale
     c.pruning.subset_size *= scale
+    c.pruning.n_clusters = tuple(k * scale for k in c.pruning.n_clusters)
     for e in c.evals.values():
         e.every_examples *= scale
     c.eval_at_init = False          # the random-init reference is evaluated once per seed

@@ -101,14 +101,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eta=0.5,                   # cluster_balanced: within-leaf mix, 0 closest to centroid, 1 random
         warmup_examples=64 * 400,  # cluster_balanced T_w: full data until the teacher is informative
         every_epochs=4,            # cluster_balanced T_s: re-cluster every T_s (pruned) epochs
-        subset_size=8192,          # cluster_balanced M: samples embedded per resampling (0 = all);
-                                   # 2 rho N, so sampling has twice what it keeps
-        n_clusters=(256, 32),      # hierarchical k-means levels (data level first)
+        subset_size=0,             # cluster_balanced M: samples described per resampling (0 = all).
+                                   # The whole pool: with M = 2 rho N a selection can at most halve a
+                                   # class, which bounds how far the head is flattened (docs/engagement.md)
+        n_clusters=(819, 81),      # hierarchical k-means levels (data level first): N/20, N/200
+                                   # (Vo et al., arXiv 2405.15613)
         n_resamples=2,             # Vo et al. resampling rounds per level
         prune_ratio=0.5,           # infobatch r: fraction of below-mean-score samples dropped
         delta=0.875,               # infobatch: full data again after this fraction of the budget
         loss_stats_momentum=0.5,   # EMA of each sample's batch-relative loss
         embed_batch_size=256,      # global batch of the teacher's re-embedding at a re-clustering
+        features="copy_descriptors",  # cluster the teacher's cls | cls+mean_patch | copy_descriptors.
+                                   # The tiny CPU teacher's CLS does not follow the classes: balancing
+                                   # its clusters left the head class at 0.59 of what was served; the
+                                   # model-free copy descriptors bring it to 0.33 (docs/engagement.md).
+                                   # The OceanSAR-1 recipe keeps the teacher's cls.
+        whiten=False,              # PCA-whiten the embedded features before clustering
+        copy_dedup_eps=0.0,        # > 0: near-copies by copy descriptor (cosine > 1 - eps) dropped first
     )
     c.evals = dict(                # named frozen-feature evaluators of the teacher; each its own dataset
         wv=dict(                   # the simulator's balanced 10-class split, with wind and Hs targets

@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m = c.pruning.subset_size               # k = M/20, M/200, M/2000
     c.pruning.n_clusters = (m // 20, m // 200, max(m // 2000, 2))
     c.pruning.n_resamples = 10
+    c.pruning.features = "cls"              # the teacher's embeddings, as OceanSAR-1 clusters them
 
     if arg.smoke:
         c.data.num_samples = 64

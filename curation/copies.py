@@ -19,12 +19,15 @@ import numpy as np
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
-def _describe(images: jax.Array, size: int) -> jax.Array:
+def describe_batch(images: jax.Array, size: int = 8) -> jax.Array:
+    """Copy descriptors of one batch [B, H, W, C] -> [B, size*size*C] (jitted; see `copy_descriptors`)."""
     x = images.astype(jnp.float32)
     n, _, _, c = x.shape
     thumb = jax.image.resize(x, (n, size, size, c), method="linear", antialias=True).reshape(n, -1)
     thumb = thumb - thumb.mean(axis=1, keepdims=True)
-    return thumb / jnp.maximum(jnp.linalg.norm(thumb, axis=1, keepdims=True), 1e-6)
+    norm = jnp.linalg.norm(thumb, axis=1, keepdims=True)
+    # Below 1e-3 (in pixel units) the thumbnail is flat up to resampling round-off: no layout to compare.
+    return jnp.where(norm > 1e-3, thumb / jnp.maximum(norm, 1e-3), 0.0)
 
 
 def copy_descriptors(images, *, size: int = 8, block: int = 4096) -> np.ndarray:
@@ -44,5 +47,5 @@ def copy_descriptors(images, *, size: int = 8, block: int = 4096) -> np.ndarray:
         pad = block - chunk.shape[0] if images.shape[0] > block else 0
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(np.asarray(_describe(chunk, size))[:chunk.shape[0] - pad])
+        out.append(np.asarray(describe_batch(chunk, size))[:chunk.shape[0] - pad])
     return np.concatenate(out)

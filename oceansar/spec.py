@@ -23,6 +23,7 @@ SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
 EVAL_SOURCES = ("synthetic_wv", "folder", "tfds")
 PROBES = ("knn", "linear", "regression")
 FEATURES = ("cls", "cls+mean_patch")
+PRUNING_FEATURES = FEATURES + ("copy_descriptors",)
 DTYPES = ("float32", "bfloat16", "float16")
 SUBSET_POLICIES = ("none", "random", "static", "cluster_balanced")
 LOSS_RULES = ("infobatch",)
@@ -229,6 +230,10 @@ class PruningSpec:
     delta: float               # InfoBatch annealing point, fraction of the budget
     loss_stats_momentum: float
     embed_batch_size: int      # global batch of the teacher's re-embedding
+    features: str              # what a re-clustering clusters: the teacher's cls | cls+mean_patch, or the
+                               # model-free copy_descriptors (curation.copies)
+    whiten: bool               # PCA-whiten the embedded features before clustering
+    copy_dedup_eps: float      # > 0: drop near-copies (copy-descriptor cosine > 1 - eps) before clustering
 
     def __post_init__(self):
         _require(self.policy in POLICIES, "policy", f"unknown policy {self.policy!r}; known: {POLICIES}")
@@ -246,6 +251,9 @@ class PruningSpec:
         _require(self.n_resamples >= 0, "n_resamples", "must be >= 0")
         _require(0 <= self.loss_stats_momentum < 1, "loss_stats_momentum", "must be in [0, 1)")
         _require(self.embed_batch_size > 0, "embed_batch_size", "must be positive")
+        _require(self.features in PRUNING_FEATURES, "features",
+                 f"{self.features!r} is not one of {PRUNING_FEATURES}")
+        _require(0 <= self.copy_dedup_eps < 1, "copy_dedup_eps", f"must be in [0, 1), got {self.copy_dedup_eps}")
 
     @property
     def subset(self) -> str:

@@ -179,6 +179,28 @@ def test_cluster_balanced_flattens_the_mix_and_follows_its_schedule():
                                        embeddings=x[needs.embed]).served.indices, b.served.indices)
 
 
+def test_cluster_balanced_drops_near_copies_before_balancing():
+    rng = np.random.default_rng(0)
+    x, _ = _blobs(2000, rng)
+    groups = np.repeat(np.arange(500), 4)                   # every pool image has 3 near-copies
+    base = rng.normal(size=(500, 64))
+    descriptors = base[groups] + 0.01 * rng.normal(size=(2000, 64))
+    descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+    served = {}
+    for eps in (0.0, 0.05):
+        spec = _spec(policy="cluster_balanced", rho=0.1, warmup_examples=0, every_epochs=1, subset_size=1000,
+                     n_clusters=(16, 4), n_resamples=1, copy_dedup_eps=eps)
+        p = policies.Pruner(spec, num_samples=2000, seed=0, total_examples=10_000)
+        needs = p.plan(0, 0, last_resampling_epoch=None)
+        assert (needs.describe is not None) == (eps > 0)
+        d = p.decide(0, 0, previous=None, last_resampling_epoch=None, embeddings=x[needs.embed],
+                     descriptors=None if needs.describe is None else descriptors[needs.describe])
+        served[eps] = np.bincount(groups[d.served.indices], minlength=500)
+        if eps:
+            assert d.report["after_copy_dedup"] == np.unique(groups[needs.embed]).size
+    assert served[0.0].max() > 1 and served[0.05].max() == 1     # one image per duplicate group
+
+
 class _Interrupt(Exception):
     pass
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from curation import hierarchical, sampling
+from curation import dedup, hierarchical, sampling
 from oceansar.data.selection import Selection
 from oceansar.spec import PruningSpec
 
@@ -30,12 +30,14 @@ class Needs:
     """What the coming epoch's decision reads.
 
     Attributes:
-      embed: source indices the current teacher must embed (L2-normalised CLS of one centre view),
-        in this order; None when no embedding is read.
+      embed: source indices the current teacher must embed (`config.pruning.features` of one centre
+        view), in this order; None when no embedding is read.
+      describe: source indices whose copy descriptors (`curation.copies`) are read, or None.
       loss_table: whether the host copy of the per-sample loss table is read.
     """
 
     embed: np.ndarray | None = None
+    describe: np.ndarray | None = None
     loss_table: bool = False
 
 
@@ -60,6 +62,12 @@ class _ReadsNothing:
     def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
         return None
 
+    def embeds(self) -> bool:
+        return False
+
+    def describes(self) -> bool:
+        return False
+
 
 class FullData(_ReadsNothing):
     """Every sample every epoch, weight 1 (the baseline)."""
@@ -67,7 +75,7 @@ class FullData(_ReadsNothing):
     def __init__(self, num_samples: int):
         self.num_samples = num_samples
 
-    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings, descriptors):
         return Selection.full(self.num_samples), None
 
 
@@ -77,7 +85,7 @@ class RandomSubset(_ReadsNothing):
     def __init__(self, num_samples: int, *, rho: float, seed: int):
         self.num_samples, self.rho, self.seed = num_samples, rho, seed
 
-    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings, descriptors):
         rng = np.random.default_rng([self.seed, epoch, 0x5E1])
         n_keep = max(1, int(round(self.rho * self.num_samples)))
         return Selection.subset(np.sort(rng.choice(self.num_samples, n_keep, replace=False))), None
@@ -89,7 +97,7 @@ class StaticSubset(_ReadsNothing):
     def __init__(self, selection: Selection):
         self.selection = selection
 
-    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings, descriptors):
         return self.selection, None
 
 
@@ -123,27 +131,49 @@ class ClusterBalanced:
     def plan(self, epoch, examples_seen, last_resampling_epoch) -> np.ndarray | None:
         return self._draw(epoch)[0] if self._due(epoch, examples_seen, last_resampling_epoch) else None
 
-    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings):
+    def embeds(self) -> bool:
+        """Whether the planned subset is embedded by the teacher (else only described)."""
+        return self.spec.features != "copy_descriptors"
+
+    def describes(self) -> bool:
+        """Whether the planned subset's copy descriptors are read (clustered, or used to drop copies)."""
+        return self.spec.copy_dedup_eps > 0 or self.spec.features == "copy_descriptors"
+
+    def _drop_copies(self, subset, embeddings, descriptors, rng):
+        """The embedded subset without near-copies: SemDeDup on copy descriptors, clusters of ~128."""
+        res = dedup.semdedup(np.asarray(descriptors, np.float32), n_clusters=max(subset.size // 128, 1),
+                             eps_list=(self.spec.copy_dedup_eps,), key=int(rng.integers(2**31)))
+        keep = res.kept[:, 0]
+        return subset[keep], embeddings[keep], int(keep.sum())
+
+    def decide(self, epoch, examples_seen, previous, last_resampling_epoch, embeddings, descriptors):
         if examples_seen < self.spec.warmup_examples:
             return Selection.full(self.num_samples), None
         if not self._due(epoch, examples_seen, last_resampling_epoch):
             return previous, None
         subset, rng = self._draw(epoch)
-        embeddings = np.asarray(embeddings, np.float32)
+        embeddings = np.asarray(descriptors if self.spec.features == "copy_descriptors" else embeddings, np.float32)
+        survivors = subset.size
+        if self.spec.copy_dedup_eps > 0:
+            subset, embeddings, survivors = self._drop_copies(subset, embeddings, descriptors, rng)
+        if self.spec.whiten:
+            centred = embeddings - embeddings.mean(axis=0)
+            eigval, eigvec = np.linalg.eigh(np.cov(centred, rowvar=False))
+            embeddings = (centred @ eigvec) / np.sqrt(np.maximum(eigval, 1e-8))
         embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        levels, n_points = [], self.subset_size
+        levels, n_points = [], subset.size
         for k in self.spec.n_clusters:  # a level never has more clusters than points below it
             levels.append(min(k, n_points))
             n_points = levels[-1]
         hierarchy = hierarchical.hierarchical_kmeans(
             embeddings, levels, n_resamples=self.spec.n_resamples, key=int(rng.integers(2**31)))
-        kept = sampling.balanced_sample(hierarchy, self.n_keep, key=int(rng.integers(2**31)),
+        kept = sampling.balanced_sample(hierarchy, min(self.n_keep, subset.size), key=int(rng.integers(2**31)),
                                         strategy="eta", eta=self.spec.eta)
         leaf = np.asarray(hierarchy.levels[0].assignment)
         top = hierarchy.leaf_of_level(len(levels) - 1)
         report = {
             "epoch": epoch, "examples_seen": examples_seen, "embedded": int(self.subset_size),
-            "kept": int(kept.size), "levels": levels,
+            "after_copy_dedup": survivors, "kept": int(kept.size), "levels": levels,
             "leaf_sizes_before": np.bincount(leaf, minlength=levels[0]).tolist(),
             "leaf_sizes_after": np.bincount(leaf[kept], minlength=levels[0]).tolist(),
             "top_sizes_before": np.bincount(top, minlength=levels[-1]).tolist(),
@@ -210,12 +240,15 @@ class Pruner:
 
     def plan(self, epoch: int, examples_seen: int, *, last_resampling_epoch: int | None) -> Needs:
         """What `decide` will read for `epoch`, which starts after `examples_seen` examples."""
-        return Needs(embed=self.subset.plan(epoch, examples_seen, last_resampling_epoch),
+        planned = self.subset.plan(epoch, examples_seen, last_resampling_epoch)
+        embed = planned if planned is not None and self.subset.embeds() else None
+        describe = planned if planned is not None and self.subset.describes() else None
+        return Needs(embed=embed, describe=describe,
                      loss_table=self.rule is not None and self.rule.reads_table(examples_seen))
 
     def decide(self, epoch: int, examples_seen: int, *, previous: Selection | None,
                last_resampling_epoch: int | None, embeddings: np.ndarray | None = None,
-               loss_table: dict[str, np.ndarray] | None = None) -> Decision:
+               descriptors: np.ndarray | None = None, loss_table: dict[str, np.ndarray] | None = None) -> Decision:
         """The epoch's Decision from what `plan` asked for.
 
         Args:
@@ -224,9 +257,11 @@ class Pruner:
           previous: the previous epoch's subset (None at the start of a run).
           last_resampling_epoch: the epoch of the latest re-clustering, None before the first.
           embeddings: [len(needs.embed), D] features of the planned indices, when planned.
+          descriptors: [len(needs.describe), d] copy descriptors of the planned indices, when planned.
           loss_table: the host loss table, when planned.
         """
-        subset, report = self.subset.decide(epoch, examples_seen, previous, last_resampling_epoch, embeddings)
+        subset, report = self.subset.decide(epoch, examples_seen, previous, last_resampling_epoch, embeddings,
+                                            descriptors)
         served = subset
         if self.rule is not None:
             served = self.rule.apply(subset, epoch, examples_seen=examples_seen, loss_table=loss_table)

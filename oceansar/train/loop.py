@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from curation import copies
 from oceansar import sharding
 from oceansar.checkpoint import Checkpointer
 from oceansar.data import pipeline
@@ -116,15 +117,18 @@ def _next_epoch(exp: Experiment, source, pruner: Pruner, state, run: RunState | 
     last = None if run is None else run.last_resampling_epoch
     examples = step * exp.spec.batch_size
     needs = pruner.plan(epoch, examples, last_resampling_epoch=last)
-    embeddings = None
+    batch, embeddings, descriptors = exp.spec.pruning.embed_batch_size, None, None
     if needs.embed is not None:
-        embed = exp.embed_fn("cls")
-        embeddings = features_lib.extract_features(
-            lambda images: embed(state.teacher, images), source, batch_size=exp.spec.pruning.embed_batch_size,
-            indices=needs.embed, mesh=exp.mesh, desc="pruning embed")["features"]
+        embed = exp.embed_fn(exp.spec.pruning.features)
+        embeddings = features_lib.extract_features(lambda images: embed(state.teacher, images), source,
+                                                   batch_size=batch, indices=needs.embed, mesh=exp.mesh,
+                                                   desc="pruning embed")["features"]
+    if needs.describe is not None:
+        descriptors = features_lib.extract_features(copies.describe_batch, source, batch_size=batch,
+                                                    indices=needs.describe, mesh=exp.mesh)["features"]
     table = jax.device_get(state.loss_stats) if needs.loss_table else None
     d = pruner.decide(epoch, examples, previous=None if run is None else run.subset, last_resampling_epoch=last,
-                      embeddings=embeddings, loss_table=table)
+                      embeddings=embeddings, descriptors=descriptors, loss_table=table)
     reports = ([] if run is None else run.reports) + ([d.report] if d.report else [])
     return RunState(num_samples=len(source), subset=d.subset, served=d.served, epoch=epoch,
                     epoch_start_step=step, resamplings=len(reports), reports=reports,
