@@ -5,7 +5,7 @@ r"""Balanced data curation (Vo et al. 2024): hierarchical k-means with resamplin
         --workdir=runs/curate_hkmeans
     python launch.py --mode=curate --config=configs/curate_hkmeans.py:embeddings=runs/embed_wv,target_count=1000
 
-writes `kept_indices.npy` (a quarter of the 8192-vignette pool by default), `summary.json` (cluster
+writes `kept_indices.npy` (a quarter of the embedded pool by default), `summary.json` (cluster
 sizes and, for the simulator, TenGeoP class counts before and after: the dominant pure-ocean class
 is capped, rare classes are kept whole), `cluster_sizes.png` and `kept_removed.png`. Pretrain on it
 as a static subset with `--config.pruning.policy=static --config.pruning.selection=<workdir>`

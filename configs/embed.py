@@ -8,7 +8,7 @@ r"""Embeddings of a pretraining pool with a released backbone: the input of ever
 
 writes `<workdir>/X.npy` (float16, L2-normalised CLS features of the release's centre view),
 `sample_ids.npy`, `labels.npy` for labelled sources, and `embed.json` (release and source, read by
-`--mode=curate`). The default pool (8192 simulated WV vignettes) takes about a minute on a 2-core CPU
+`--mode=curate`). The default pool (16384 simulated WV vignettes) takes about a minute on a 2-core CPU
 with the default recipe's tiny ViT.
 """
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Embeddings/selection files round-trip; bad files give errors naming the file and row; plots are written."""
-import json
+"""Embedding files round-trip; bad files give errors naming the file and row; plots are written."""
 
 import numpy as np
 import pytest

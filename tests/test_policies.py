@@ -22,7 +22,9 @@ def _table(score, count):
 def _spec(**overrides) -> PruningSpec:
     from configs import default
 
-    return dataclasses.replace(build(PruningSpec, default.get_config().pruning, "pruning"), **overrides)
+    # The CLS path by default: the tests plant their own embeddings.
+    return dataclasses.replace(build(PruningSpec, default.get_config().pruning, "pruning"),
+                               **{"features": "cls", **overrides})
 
 
 def test_infobatch_drops_below_mean_and_rescales():
@@ -199,6 +201,24 @@ def test_cluster_balanced_drops_near_copies_before_balancing():
         if eps:
             assert d.report["after_copy_dedup"] == np.unique(groups[needs.embed]).size
     assert served[0.0].max() > 1 and served[0.05].max() == 1     # one image per duplicate group
+
+
+def test_clustering_copy_descriptors_reads_no_teacher_embedding():
+    rng = np.random.default_rng(0)
+    x, _ = _blobs(2000, rng)
+    decisions = {}
+    for features in ("cls", "copy_descriptors"):
+        spec = _spec(policy="cluster_balanced", rho=0.2, warmup_examples=0, subset_size=1000, n_clusters=(16, 4),
+                     n_resamples=1, features=features)
+        p = policies.Pruner(spec, num_samples=2000, seed=0, total_examples=10_000)
+        needs = p.plan(0, 0, last_resampling_epoch=None)
+        planned = needs.embed if features == "cls" else needs.describe
+        assert (needs.embed is None) == (features == "copy_descriptors") and planned.shape == (1000,)
+        decisions[features] = p.decide(0, 0, previous=None, last_resampling_epoch=None,
+                                       embeddings=x[planned] if features == "cls" else None,
+                                       descriptors=x[planned] if features != "cls" else None)
+    # The same vectors give the same selection whichever name they come under.
+    np.testing.assert_array_equal(decisions["cls"].served.indices, decisions["copy_descriptors"].served.indices)
 
 
 class _Interrupt(Exception):
