@@ -102,14 +102,16 @@ class StaticSubset(_ReadsNothing):
 
 
 class ClusterBalanced:
-    """OceanSAR-1 dynamic pruning: balanced subsets of the current teacher's clusters.
+    """OceanSAR-1 dynamic pruning: balanced subsets of the pool's clusters, re-drawn as training goes.
 
     Full data until `warmup_examples` (T_w) are seen. Then, at the first epoch after the warm-up and
-    every `every_epochs` (T_s) epochs, the current teacher embeds a fresh uniform subset of
-    `subset_size` (M) samples on one centre view, hierarchical k-means with resampling (Vo et al.,
-    arXiv 2405.15613) clusters it, and balanced hierarchical sampling keeps round(rho * N) of them,
-    choosing inside each leaf a fraction 1 - eta closest to the centroid and the rest at random.
-    Between re-clusterings the previous subset is served again.
+    every `every_epochs` (T_s) epochs, a fresh uniform subset of `subset_size` (M) samples is embedded
+    (`features`: the current teacher's CLS on one centre view, as OceanSAR-1 does, or the model-free copy
+    descriptors of `curation.copies`), optionally rid of near-copies (`copy_dedup_eps`) and PCA-whitened
+    (`whiten`); hierarchical k-means with resampling (Vo et al., arXiv 2405.15613) clusters it, and
+    balanced hierarchical sampling keeps round(rho * N) of them, choosing inside each leaf a fraction
+    1 - eta closest to the centroid and the rest at random. Between re-clusterings the previous subset
+    is served again.
     """
 
     def __init__(self, num_samples: int, spec: PruningSpec, *, seed: int):
@@ -152,7 +154,8 @@ class ClusterBalanced:
         if not self._due(epoch, examples_seen, last_resampling_epoch):
             return previous, None
         subset, rng = self._draw(epoch)
-        embeddings = np.asarray(descriptors if self.spec.features == "copy_descriptors" else embeddings, np.float32)
+        # A copy: normalised in place below, never the caller's array.
+        embeddings = np.array(descriptors if self.spec.features == "copy_descriptors" else embeddings, np.float32)
         survivors = subset.size
         if self.spec.copy_dedup_eps > 0:
             subset, embeddings, survivors = self._drop_copies(subset, embeddings, descriptors, rng)
