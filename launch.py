@@ -2,29 +2,53 @@ r"""oceansar command line: pretrain, evaluate, export, embed, curate or compare 
 
     python launch.py                                        # configs/default.py, runs/default
     python launch.py --config=configs/oceansar1.py:variant=S/8 --workdir=runs/s8
-    python launch.py --config=configs/default.py --config.batch_size=128
+    python launch.py --config=configs/default.py --config.batch_size=128 --workdir=runs/b128
+    python launch.py --mode=show_config --config=configs/oceansar1.py   # every field, its value and comment
     python launch.py --mode=evaluate --workdir=runs/default   # evaluate the latest checkpoint
     python launch.py --mode=export --workdir=runs/default     # write runs/default/release
     python launch.py --mode=embed --config=configs/embed.py:release=runs/default/release
     python launch.py --mode=curate --config=configs/curate_hkmeans.py:embeddings=runs/embed
     python launch.py --mode=compare --config=configs/compare.py --workdir=runs/compare
 
-Rerunning a command resumes from the workdir's latest checkpoint. Launched as several processes
-(SLURM, a TPU pod, or --coordinator_address/--num_processes/--process_id), it first joins the
-JAX distributed runtime. No logic lives here.
+A workdir is one run. Rerunning a command resumes from the workdir's latest checkpoint; without
+--config, pretrain, evaluate and export use the config the run was started with; a different run
+config is refused (see --on_config_change), a finished run is not trained again, and one process
+writes a workdir at a time. SIGTERM or SIGINT saves at the next step and exits with 128 + signal.
+Config, data and workdir errors print one line naming the field or file (--verbosity=1: traceback).
+Launched as several processes (SLURM, a TPU pod, or --coordinator_address/--num_processes/
+--process_id), it first joins the JAX distributed runtime. No logic lives here.
 """
 from __future__ import annotations
 
-import os
+from oceansar.train import preemption
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == "__main__":  # before any thread or process starts: see oceansar.train.preemption
+    preemption.block_signals()
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Recipe file, optionally with ':arg'.", lock_config=True)
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from oceansar.apps import dispatch  # noqa: E402
+from oceansar.errors import UserError  # noqa: E402
+
+_MODES = ["pretrain", "evaluate", "export", "embed", "curate", "compare", "show_config"]
+try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", "configs/default.py",
+        "Recipe file, optionally with ':arg'; override a field with --config.<field>=value. Recipes:\n"
+        + dispatch.recipes() + "\nSee a recipe's fields, values and comments with --mode=show_config.",
+        lock_config=True)
+except (AttributeError, KeyError) as error:  # an override of a field the default recipe lacks
+    sys.exit(dispatch.unknown_override(error, sys.argv))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<recipe name>).")
-_MODE = flags.DEFINE_enum("mode", "pretrain", ["pretrain", "evaluate", "export", "embed", "curate", "compare"],
-                          "What to do.")
+_MODE = flags.DEFINE_enum("mode", "pretrain", _MODES, "What to do.")
+_ON_CONFIG_CHANGE = flags.DEFINE_enum(
+    "on_config_change", "refuse", ["refuse", "new", "override"],
+    "When the workdir holds a run with another config: refuse, start a new run in <workdir>-<n>, or "
+    "continue that run with this config (the old one kept as config.<n>.json).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank.")
@@ -38,9 +62,17 @@ def _multi_process() -> bool:
     return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:  # an override of a field the chosen recipe lacks
+        sys.exit(dispatch.unknown_override(error, argv))
+
+
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
+    verbose = flags.FLAGS["verbosity"].present
+    if not verbose:
         # Orbax and Grain log every save and read at INFO; the loop reports through tqdm.
         logging.set_verbosity(logging.WARNING)
     import jax
@@ -48,13 +80,20 @@ def main(argv):
     if _multi_process():
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                    num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-    from oceansar import apps
-
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join("runs", config.name)
-    logging.info("mode=%s workdir=%s devices=%d", _MODE.value, workdir, jax.device_count())
-    apps.MODES[_MODE.value](config, workdir)
+    config_given = any(flags.FLAGS[name].present for name in flags.FLAGS if name == "config"
+                       or name.startswith("config."))
+    try:
+        config = _CONFIG.value
+        workdir = _WORKDIR.value or os.path.join("runs", config.name)
+        logging.info("mode=%s workdir=%s devices=%d", _MODE.value, workdir, jax.device_count())
+        dispatch.run(_MODE.value, config, workdir, config_given=config_given,
+                     recipe=config_flags.get_config_filename(flags.FLAGS["config"]),
+                     on_config_change=_ON_CONFIG_CHANGE.value)
+    except UserError as error:
+        if verbose:
+            raise
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -25,32 +25,50 @@ def _to_python(value: Any):
 
 
 class MetricWriter:
-    """Appends scalars to `<workdir>/metrics.jsonl` and to TensorBoard event files."""
+    """Appends scalars to `<workdir>/metrics.jsonl` and to TensorBoard event files.
+
+    The log is one run's: `truncate_after(step)` (what a resumed run calls with its restored step,
+    and a fresh one with 0) drops the records of steps it will repeat, in the JSONL file and, through
+    TensorBoard's purge step, in the event files, so no step is ever logged twice.
+    """
 
     def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
         self.enabled = enabled
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.workdir = pathlib.Path(workdir)
+        self.path = self.workdir / "metrics.jsonl"
         self._tb = None
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._purge_step: int | None = None
+
+    def truncate_after(self, step: int) -> None:
+        """Forgets every record past `step` (all of them for 0): the run continues from `step`."""
+        if self.enabled:
+            truncate_after(self.path, step)
+            self._purge_step = step + 1
+
+    def _board(self):
+        if self._tb is None:
             from tensorboardX import SummaryWriter  # heavy import, writer processes only
-            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self._purge_step)
+        return self._tb
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step)}
         record.update({k: _to_python(v) for k, v in metrics.items()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        board = self._board()
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._tb.add_scalar(k, v, int(step))
-        self._tb.flush()
+                board.add_scalar(k, v, int(step))
+        board.flush()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -63,6 +81,8 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
 def truncate_after(path: str | pathlib.Path, step: int) -> None:
     """Drops records past `step`: a resumed run rewrites the steps it repeats, once."""
     path = pathlib.Path(path)
+    if not path.exists():
+        return
     records = [r for r in read_jsonl(path) if r["step"] <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from oceansar import embedding
+from oceansar.errors import DataError, DataNotFoundError
 from oceansar.models.vit import ViT
 from oceansar.spec import RunSpec
 
@@ -52,7 +53,7 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec
 def _read_spec(path: pathlib.Path, field: str) -> dict[str, Any]:
     spec_file = path / "model.json"
     if not spec_file.exists():
-        raise FileNotFoundError(f"{field}: {spec_file} not found: not an oceansar release directory")
+        raise DataNotFoundError(f"{field}: {spec_file} not found: not an oceansar release directory")
     return json.loads(spec_file.read_text())
 
 
@@ -65,7 +66,8 @@ def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = 
     """The released backbone's weights as a pure dict shaped like `like` (a backbone's pure dict).
 
     Raises:
-      ValueError: naming `field` and the first tensor whose shape differs (another variant, image size
+      DataNotFoundError: `path` is no release directory.
+      DataError: naming `field` and the first tensor whose shape differs (another variant, image size
         or channel count), before anything is read.
     """
     path = pathlib.Path(path).absolute()
@@ -77,10 +79,10 @@ def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = 
         for key, want in jax.tree_util.tree_flatten_with_path(like)[0]:
             have = have_by_key.get(_name(key))
             if have is None:
-                raise ValueError(f"{field}: {path} has no tensor {_name(key)} (another variant?)")
+                raise DataError(f"{field}: {path} has no tensor {_name(key)} (another variant?)")
             if tuple(want.shape) != tuple(have.shape):
-                raise ValueError(f"{field}: {path} holds {_name(key)} of shape {tuple(have.shape)}, "
-                                 f"this model needs {tuple(want.shape)}")
+                raise DataError(f"{field}: {path} holds {_name(key)} of shape {tuple(have.shape)}, "
+                                f"this model needs {tuple(want.shape)}")
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
         return ckptr.restore(path / "params", target)
 
@@ -91,6 +93,9 @@ def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
     Returns:
       (vit, spec): the `ViT` module with the released weights, and the spec from `model.json`
       (variant, input standardisation). Call `vit(x)["cls"]` on standardised [B,H,W,C] images.
+
+    Raises:
+      DataNotFoundError: `path` is no release directory.
     """
     path = pathlib.Path(path).absolute()
     spec = _read_spec(path, "release")
@@ -105,16 +110,21 @@ def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
     return vit, spec
 
 
-
 def embedder(path: str | pathlib.Path, *, l2_normalize: bool = False):
     """A released backbone's jitted embedding, with the release's input scale and resolution.
 
     Returns:
       (fn, params, spec): `fn(params, images)` maps source images [B, H, W, C] (uint8, or float in
-      [0, 1]) to CLS features [B, D] float32 on the centre view (see `oceansar.embedding`).
+      [0, 1]) to CLS features [B, D] float32 on the centre view (see `oceansar.embedding`); images
+      whose C is not the release's `in_channels` raise a `DataError` naming the release.
+
+    Raises:
+      DataNotFoundError: `path` is no release directory.
     """
+    path = pathlib.Path(path).absolute()
     vit, spec = load(path)
     graphdef, params = nnx.split(vit, nnx.Param)
     fn = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"], img_size=spec["img_size"],
-                                 in_channels=spec["in_channels"], l2_normalize=l2_normalize)
+                                 in_channels=spec["in_channels"], l2_normalize=l2_normalize,
+                                 owner=f"the release {path}")
     return fn, params, spec

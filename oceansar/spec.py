@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from oceansar.augment import MultiCropSpec
+from oceansar.errors import ConfigError
 from oceansar.models.vit import parse_variant
 
 SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
@@ -34,7 +35,7 @@ APP_BLOCKS = ("compare",)
 
 def _require(ok: bool, field: str, why: str) -> None:
     if not ok:
-        raise ValueError(f"{field}: {why}")
+        raise ConfigError(f"{field}: {why}")
 
 
 def _coerce(value: Any, annotation: str) -> Any:
@@ -51,11 +52,11 @@ def build(cls, block: Any, path: str):
     """`cls` (a frozen dataclass) from the config block at `config.<path>`.
 
     Raises:
-      ValueError: naming `config.<path>.<field>` for a missing, unknown or invalid field.
+      ConfigError: naming `config.<path>.<field>` for a missing, unknown or invalid field.
     """
     where = f"config.{path}." if path else "config."
     if not isinstance(block, Mapping) and not hasattr(block, "keys"):
-        raise ValueError(f"{where[:-1]}: expected a block of fields, got {type(block).__name__}")
+        raise ConfigError(f"{where[:-1]}: expected a block of fields, got {type(block).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     hints = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
              for f in dataclasses.fields(cls)}
@@ -63,17 +64,17 @@ def build(cls, block: Any, path: str):
     for key in given:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=3)
-            raise ValueError(f"{where}{key}: unknown field"
+            raise ConfigError(f"{where}{key}: unknown field"
                              + (f"; did you mean {', '.join(close)}?" if close else f"; known: {names}"))
     for name in names:
         if name not in given:
-            raise ValueError(f"{where}{name}: missing (every default lives in configs/)")
+            raise ConfigError(f"{where}{name}: missing (every default lives in configs/)")
     values = {name: build(_NESTED[hints[name]], block[name], f"{path}.{name}") if hints[name] in _NESTED
               else _coerce(block[name], hints[name]) for name in names}
     try:
         return cls(**values)
     except ValueError as e:
-        raise ValueError(f"{where}{e}") from None
+        raise ConfigError(f"{where}{e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,12 +336,12 @@ class RunSpec:
         values = {k: build(spec_cls, top.pop(k, {}), k) if k in top else None
                   for k, spec_cls in blocks.items()}
         if "evals" not in top:
-            raise ValueError("config.evals: missing (a dict of named evaluators, may be empty)")
+            raise ConfigError("config.evals: missing (a dict of named evaluators, may be empty)")
         values["evals"] = {name: build(EvalSpec, block, f"evals.{name}")
                            for name, block in top.pop("evals").items()}
         for k, v in values.items():
             if v is None:
-                raise ValueError(f"config.{k}: missing block")
+                raise ConfigError(f"config.{k}: missing block")
         top = {k: v for k, v in top.items() if k not in values}
         flat = [f.name for f in dataclasses.fields(cls) if f.name not in values]
         scalars = build(_Top, top, "")  # names unknown / missing top-level fields
@@ -351,7 +352,7 @@ class RunSpec:
     def check(self, *, num_devices: int | None, process_count: int = 1) -> None:
         """Rules across blocks and against the devices; errors name the field."""
         def fail(field, why):
-            raise ValueError(f"config.{field}: {why}")
+            raise ConfigError(f"config.{field}: {why}")
 
         if self.batch_size <= 0:
             fail("batch_size", f"must be positive, got {self.batch_size}")

@@ -28,6 +28,7 @@ from oceansar.apps.embed import embed
 from oceansar.apps.pretrain import pretrain
 from oceansar.data import pipeline, sources
 from oceansar.data.selection import KEPT_FILE
+from oceansar.errors import ConfigError
 from oceansar.experiment import run_spec
 from oceansar.metrics import read_jsonl
 from oceansar.pruning.report import ENGAGEMENT
@@ -46,11 +47,11 @@ def _check(config) -> None:
     """Names the bad field before anything trains."""
     unknown = [m for m in config.compare.methods if m not in METHODS]
     if unknown or not config.compare.methods:
-        raise ValueError(f"config.compare.methods: unknown {unknown or 'empty list'}; known: {tuple(METHODS)}")
+        raise ConfigError(f"config.compare.methods: unknown {unknown or 'empty list'}; known: {tuple(METHODS)}")
     if not config.compare.seeds:
-        raise ValueError("config.compare.seeds: empty")
+        raise ConfigError("config.compare.seeds: empty")
     if not any(e.every_examples > 0 for e in config.evals.values()):
-        raise ValueError("config.evals: the comparison evaluates along the budget; give an evaluator "
+        raise ConfigError("config.evals: the comparison evaluates along the budget; give an evaluator "
                          "every_examples > 0")
 
 
@@ -66,7 +67,7 @@ def _prefix_steps(config, n: int) -> int:
     """The warm-up prefix: T_w examples rounded up to a full-data epoch boundary of a pool of n."""
     per_epoch = pipeline.steps_per_epoch(n, config.batch_size)
     if per_epoch == 0:
-        raise ValueError(f"config.batch_size={config.batch_size} exceeds the pool of {n} samples")
+        raise ConfigError(f"config.batch_size={config.batch_size} exceeds the pool of {n} samples")
     return max(1, math.ceil(config.pruning.warmup_examples / (per_epoch * config.batch_size))) * per_epoch
 
 

@@ -30,6 +30,7 @@ from oceansar import sharding
 from oceansar.apps import embed as embed_lib
 from oceansar.data import sources
 from oceansar.data.selection import Selection
+from oceansar.errors import ConfigError
 from oceansar.evals import features as features_lib
 from oceansar.models.vit import parse_variant
 from oceansar.spec import DataSpec, EvalSpec, build
@@ -57,7 +58,7 @@ class _Pool:
             data, seed, reason = _pool_data(config, self)
             source = None if data is None else sources.make_pretrain_source(build(DataSpec, data, "data"), seed=seed)
             if source is not None and len(source) != self.n:
-                raise ValueError(f"config.data: {source!r} has {len(source)} samples but {self.path} holds "
+                raise ConfigError(f"config.data: {source!r} has {len(source)} samples but {self.path} holds "
                                  f"{self.n} embeddings; curate the source that was embedded")
             self._source = (source, reason)
         return self._source
@@ -65,7 +66,7 @@ class _Pool:
 
 def _load_pool(config) -> _Pool:
     if not config.embeddings:
-        raise ValueError("config.embeddings: empty; pass the directory written by --mode=embed "
+        raise ConfigError("config.embeddings: empty; pass the directory written by --mode=embed "
                          "(--config=configs/curate_*.py:embeddings=DIR)")
     path = pathlib.Path(config.embeddings)
     x, _ = curation_io.load_embeddings(path)
@@ -92,7 +93,7 @@ def _target(config, n: int, *, multiplier: int = 1) -> int:
         target, field = int(config.target_count), f"config.target_count={config.target_count}"
     else:
         if not 0.0 < config.target_fraction <= 1.0:
-            raise ValueError(f"config.target_fraction={config.target_fraction} must lie in (0, 1] "
+            raise ConfigError(f"config.target_fraction={config.target_fraction} must lie in (0, 1] "
                              f"(or set config.target_count)")
         target = int(round(config.target_fraction * n))
         field = f"config.target_fraction={config.target_fraction} (= {target})"
@@ -136,23 +137,23 @@ def _hkmeans(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.n
     h = config.hkmeans
     ks = [int(k) for k in h.n_clusters]
     if not ks:
-        raise ValueError("config.hkmeans.n_clusters: empty; list k per level, data level first")
+        raise ConfigError("config.hkmeans.n_clusters: empty; list k per level, data level first")
     if len(h.n_resamples) != len(ks):
-        raise ValueError(f"config.hkmeans.n_resamples has {len(h.n_resamples)} entries for the {len(ks)} levels "
+        raise ConfigError(f"config.hkmeans.n_resamples has {len(h.n_resamples)} entries for the {len(ks)} levels "
                          f"of config.hkmeans.n_clusters")
     if h.sample_sizes and len(h.sample_sizes) != len(ks):
-        raise ValueError(f"config.hkmeans.sample_sizes has {len(h.sample_sizes)} entries for the {len(ks)} levels "
+        raise ConfigError(f"config.hkmeans.sample_sizes has {len(h.sample_sizes)} entries for the {len(ks)} levels "
                          f"of config.hkmeans.n_clusters (or leave it empty)")
     if ks[0] * h.n_splits > pool.n:
-        raise ValueError(f"config.hkmeans.n_clusters[0]={ks[0]}"
+        raise ConfigError(f"config.hkmeans.n_clusters[0]={ks[0]}"
                          + (f" x n_splits={h.n_splits}" if h.n_splits > 1 else "")
                          + f" exceeds the {pool.n} embeddings in {config.embeddings}")
     for level in range(1, len(ks)):
         if not 1 <= ks[level] <= ks[level - 1] * (h.n_splits if level == 1 else 1):
-            raise ValueError(f"config.hkmeans.n_clusters[{level}]={ks[level]} must lie in [1, {ks[level - 1]}] "
+            raise ConfigError(f"config.hkmeans.n_clusters[{level}]={ks[level]} must lie in [1, {ks[level - 1]}] "
                              f"(it clusters the centroids of level {level - 1})")
     if h.strategy not in sampling.STRATEGIES:
-        raise ValueError(f"config.hkmeans.strategy={h.strategy!r}; known: {sampling.STRATEGIES}")
+        raise ConfigError(f"config.hkmeans.strategy={h.strategy!r}; known: {sampling.STRATEGIES}")
     compute_dtype = _compute_dtype(h.compute_dtype, "config.hkmeans.compute_dtype")
     target = _target(config, pool.n, multiplier=h.multiplier)
     x = np.asarray(pool.x, np.float32)
@@ -191,17 +192,17 @@ def _semdedup_eps(x: np.ndarray, s, config, mesh, compute_dtype) -> float:
 def _semdedup(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     s = config.semdedup
     if not 0.0 <= s.target_fraction <= 1.0:
-        raise ValueError(f"config.semdedup.target_fraction={s.target_fraction} must lie in [0, 1] (0: use eps)")
+        raise ConfigError(f"config.semdedup.target_fraction={s.target_fraction} must lie in [0, 1] (0: use eps)")
     eps_list = tuple(float(e) for e in s.eps_list)
     if not s.target_fraction and (not eps_list or not all(0.0 < e < 1.0 for e in eps_list)):
-        raise ValueError(f"config.semdedup.eps_list={eps_list}: needs at least one eps, each in (0, 1)")
+        raise ConfigError(f"config.semdedup.eps_list={eps_list}: needs at least one eps, each in (0, 1)")
     if not s.target_fraction and float(s.eps) not in eps_list:
-        raise ValueError(f"config.semdedup.eps={s.eps} is not in config.semdedup.eps_list={eps_list}")
+        raise ConfigError(f"config.semdedup.eps={s.eps} is not in config.semdedup.eps_list={eps_list}")
     if not 1 <= s.n_clusters <= pool.n:
-        raise ValueError(f"config.semdedup.n_clusters={s.n_clusters} must lie in [1, {pool.n}] (the number of "
+        raise ConfigError(f"config.semdedup.n_clusters={s.n_clusters} must lie in [1, {pool.n}] (the number of "
                          f"embeddings in {config.embeddings})")
     if s.n_passes < 1:
-        raise ValueError(f"config.semdedup.n_passes={s.n_passes} must be >= 1")
+        raise ConfigError(f"config.semdedup.n_passes={s.n_passes} must be >= 1")
     _check_mesh_multiple(s.units_per_call, "config.semdedup.units_per_call", mesh)
     compute_dtype = _compute_dtype(s.compute_dtype, "config.semdedup.compute_dtype")
 
@@ -246,7 +247,7 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
 
     release_dir = ref.release or (pool.manifest or {}).get("release", "")
     if not release_dir:
-        raise ValueError("config.rs_prune.reference: set embeddings (+ labels), or release (or embed the pool "
+        raise ConfigError("config.rs_prune.reference: set embeddings (+ labels), or release (or embed the pool "
                          "with --mode=embed, whose embed.json names the release)")
     if not (pathlib.Path(release_dir) / "model.json").is_file():
         raise FileNotFoundError(f"config.rs_prune.reference.release: {pathlib.Path(release_dir) / 'model.json'} "
@@ -259,7 +260,7 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
     _check_mesh_multiple(ref.batch_size, "config.rs_prune.reference.batch_size", mesh)
     data, seed, reason = _pool_data(config, pool)
     if data is None:
-        raise ValueError(f"config.rs_prune.reference: embedding the reference needs the pool's image size: {reason}")
+        raise ConfigError(f"config.rs_prune.reference: embedding the reference needs the pool's image size: {reason}")
     view = EvalSpec(source=ref.source, root=ref.root, tfds_name=ref.tfds_name, train_split=ref.split,
                     test_split=ref.split, num_train_per_class=ref.num_per_class, num_test_per_class=1,
                     probes=("knn",), targets=(), knn_ks=(1,), every_examples=0, features="cls",
@@ -271,7 +272,7 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
                                        progress=config.progress, desc="embed reference")
     timings["embed_reference"] = time.perf_counter() - start
     if "label" not in result:
-        raise ValueError(f"config.rs_prune.reference: {source!r} has no labels")
+        raise ConfigError(f"config.rs_prune.reference: {source!r} has no labels")
     labels = result["label"]
     names = getattr(source, "class_names", None)  # scene names in the summary where the source has them
     if names is not None:
@@ -300,9 +301,9 @@ def source_entropy(source, *, n_levels: int, batch_size: int, mesh: jax.sharding
 def _rs_prune(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.ndarray, dict]:
     r = config.rs_prune
     if not 0.0 <= r.entropy_percentile < 100.0:
-        raise ValueError(f"config.rs_prune.entropy_percentile={r.entropy_percentile} must lie in [0, 100)")
+        raise ConfigError(f"config.rs_prune.entropy_percentile={r.entropy_percentile} must lie in [0, 100)")
     if not 0.0 <= r.eta <= 1.0:
-        raise ValueError(f"config.rs_prune.eta={r.eta} must lie in [0, 1]")
+        raise ConfigError(f"config.rs_prune.eta={r.eta} must lie in [0, 1]")
     _check_mesh_multiple(r.entropy_batch_size, "config.rs_prune.entropy_batch_size", mesh)
     target = _target(config, pool.n)
     source, reason = pool.source(config)
@@ -377,7 +378,7 @@ def curate(config, workdir: str | pathlib.Path) -> pathlib.Path:
       cluster_sizes.png and, when the source renders images, kept_removed.png.
     """
     if config.recipe not in RECIPES:
-        raise ValueError(f"config.recipe={config.recipe!r}; known: {RECIPES}")
+        raise ConfigError(f"config.recipe={config.recipe!r}; known: {RECIPES}")
     out_dir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.num_devices or None)
     pool = _load_pool(config)

@@ -21,6 +21,7 @@ from absl import logging
 from curation import io as curation_io
 from oceansar import release, sharding
 from oceansar.data import sources
+from oceansar.errors import ConfigError, DataError
 from oceansar.evals import features as features_lib
 from oceansar.spec import DataSpec, build
 
@@ -47,7 +48,7 @@ def embed_source(release_dir: str | pathlib.Path, source, *, batch_size: int, me
     fn, params, spec = release.embedder(release_dir, l2_normalize=True)
     channels = np.asarray(source[0]["image"]).shape[-1]
     if channels != spec["in_channels"]:
-        raise ValueError(f"{source!r} gives {channels}-channel images but the release at {release_dir} "
+        raise DataError(f"{source!r} gives {channels}-channel images but the release at {release_dir} "
                          f"takes in_channels={spec['in_channels']}")
     params = sharding.replicate(mesh, params)
     result = features_lib.extract_features(functools.partial(fn, params), source, batch_size=batch_size,
@@ -66,7 +67,7 @@ def embed(config, workdir: str | pathlib.Path) -> pathlib.Path:
       `labels.npy`.
     """
     if not config.release:
-        raise ValueError("config.release: empty; pass the release directory written by --mode=export "
+        raise ConfigError("config.release: empty; pass the release directory written by --mode=export "
                          "(--config=configs/embed.py:release=PATH)")
     release_dir = pathlib.Path(config.release)
     if not (release_dir / "model.json").is_file():
@@ -74,7 +75,7 @@ def embed(config, workdir: str | pathlib.Path) -> pathlib.Path:
                                 f"not an oceansar release directory")
     mesh = sharding.make_mesh(config.num_devices or None)
     if config.batch_size <= 0 or config.batch_size % mesh.size:
-        raise ValueError(f"config.batch_size={config.batch_size} must be a positive multiple of the "
+        raise ConfigError(f"config.batch_size={config.batch_size} must be a positive multiple of the "
                          f"{mesh.size} devices")
     source = sources.make_pretrain_source(build(DataSpec, config.data, "data"), seed=config.seed)
     out_dir = pathlib.Path(workdir)

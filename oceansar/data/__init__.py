@@ -8,6 +8,6 @@ the file-based sources share; `cache` is an in-memory copy of a source that fits
 Selection (which source samples an epoch visits, with what loss weight) and owns its file format; `pipeline` is the
 Grain pipeline, for training epochs and for in-order inference passes. The package is numpy and Grain only (plus
 Pillow and tifffile, and tensorflow_datasets only when a TFDS source is built): it never imports jax, so Grain worker
-processes never start an accelerator backend, and it imports no other part of `oceansar`. Augmentation and device
-placement live above it (`oceansar.augment`, the caller's sharding).
+processes never start an accelerator backend, and of `oceansar` it imports only the pure-Python `errors`.
+Augmentation and device placement live above it (`oceansar.augment`, the caller's sharding).
 """

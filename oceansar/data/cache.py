@@ -18,6 +18,9 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from oceansar.data.pipeline import ignore_signals
+from oceansar.errors import DataError
+
 _CHUNK = 512          # records per worker task
 _MIN_PARALLEL = 2048  # below this, starting processes costs more than it saves
 
@@ -27,11 +30,26 @@ def _scalars(record: dict) -> dict[str, np.ndarray]:
             if k != "image" and np.asarray(v).ndim == 0 and np.asarray(v).dtype.kind in "biuf"}
 
 
-def _read_chunk(source, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _where(source, index: int) -> str:
+    """A record's file when the source has one per record (`files`), else the source and the index."""
+    files = getattr(source, "files", None)
+    return files[index] if files is not None else f"{source!r} record {index}"
+
+
+def _read_chunk(source, start: int, stop: int, shape: tuple[int, ...], dtype: np.dtype
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Records [start, stop) as stacked images and fields; each image must have record 0's `shape` and `dtype`."""
     records = [source[i] for i in range(start, stop)]
+    images = [np.asarray(r["image"]) for r in records]
+    for index, image in zip(range(start, stop), images):
+        # Checked per record, before stacking: stacking would fail on a shape, or promote a dtype, anonymously.
+        if image.shape != shape or image.dtype != dtype:
+            raise DataError(f"{_where(source, index)}: image {image.shape} {image.dtype} differs from "
+                            f"{shape} {dtype} of record 0 ({_where(source, 0)}); an in-memory cache "
+                            f"holds one image shape and dtype")
     scalars = [_scalars(r) for r in records]
     fields = {k: np.stack([f[k] for f in scalars]) for k in scalars[0]}
-    return np.stack([np.asarray(r["image"]) for r in records]), fields
+    return np.stack(images), fields
 
 
 class InMemorySource:
@@ -52,9 +70,9 @@ class InMemorySource:
         image = np.asarray(first["image"])
         needed = n * image.nbytes
         if needed > max_bytes:
-            raise ValueError(f"config.data.cache: {source!r} needs {needed / 2**30:.1f} GiB of images in "
-                             f"memory (limit {max_bytes / 2**30:.1f} GiB); turn the cache off and read it "
-                             f"from disk with Grain workers")
+            raise DataError(f"config.data.cache: {source!r} needs {needed / 2**30:.1f} GiB of images in "
+                            f"memory (limit {max_bytes / 2**30:.1f} GiB); turn the cache off and read it "
+                            f"from disk with Grain workers")
         self.images = np.empty((n,) + image.shape, image.dtype)
         self.fields = {k: np.empty((n,), v.dtype) for k, v in _scalars(first).items()}
         bounds = [(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
@@ -63,14 +81,15 @@ class InMemorySource:
                   disable=not progress) as bar:
             if n < _MIN_PARALLEL or workers == 1:
                 for start, stop in bounds:
-                    self._fill(start, *_read_chunk(source, start, stop))
+                    self._fill(start, *_read_chunk(source, start, stop, image.shape, image.dtype))
                     bar.update(stop - start)
             else:
                 # spawn, not fork: the parent may already run JAX's threads.
                 context = multiprocessing.get_context("spawn")
-                with concurrent.futures.ProcessPoolExecutor(min(workers, len(bounds)),
-                                                            mp_context=context) as pool:
-                    futures = {pool.submit(_read_chunk, source, s, e): (s, e) for s, e in bounds}
+                with concurrent.futures.ProcessPoolExecutor(min(workers, len(bounds)), mp_context=context,
+                                                            initializer=ignore_signals) as pool:
+                    futures = {pool.submit(_read_chunk, source, s, e, image.shape, image.dtype): (s, e)
+                               for s, e in bounds}
                     for future in concurrent.futures.as_completed(futures):
                         start, stop = futures[future]
                         self._fill(start, *future.result())
@@ -78,9 +97,6 @@ class InMemorySource:
 
     def _fill(self, start: int, images: np.ndarray, fields: dict[str, np.ndarray]) -> None:
         stop = start + images.shape[0]
-        if images.shape[1:] != self.images.shape[1:] or images.dtype != self.images.dtype:
-            raise ValueError(f"{self._source!r} records {start}-{stop - 1} have images {images.shape[1:]} "
-                             f"{images.dtype}, record 0 has {self.images.shape[1:]} {self.images.dtype}")
         self.images[start:stop] = images
         for key, values in fields.items():
             self.fields[key][start:stop] = values

@@ -15,13 +15,17 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from oceansar.errors import DataError
+
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = PIL_EXTENSIONS + TIFF_EXTENSIONS
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(DataError):
     """A file that cannot become a valid image: unreadable, truncated, empty, wrong shape, NaN/inf.
+
+    A `DataError` (so a `ValueError`): the command line prints it as one line naming the file.
 
     Attributes:
       path: the offending file.

@@ -2,8 +2,8 @@
 
 Here live `ImageFolderSource` (random access, picklable, static image shape for Grain) and the labels
 CSV reader shared with the WV-file source. Decoding and resizing live in `decode.py`; sensor-specific
-radiometry (sigma0 in dB) lives in `wv_files.py`, not here: a folder source ships pixels as stored
-(uint8, or float16 for other dtypes).
+radiometry (sigma0 in dB) lives in `wv_files.py`, not here: a folder source ships pixels on one scale,
+the dtype of its first file (uint8, or float16 for other dtypes; see `ImageFolderSource`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from oceansar.data.decode import (IMAGE_EXTENSIONS, CorruptImageError, decode_image,
                                   resize_square, to_source_dtype)
+from oceansar.errors import DataError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +56,26 @@ def read_labels_csv(path: str | os.PathLike) -> LabelTable:
     """Parses a labels CSV (see `LabelTable` for the two layouts).
 
     Raises:
-      ValueError: no `filename` column, duplicate filenames, or a malformed row; the message names
+      DataNotFoundError: no such file.
+      DataError: no `filename` column, duplicate filenames, or a malformed row; the message names
         the file and the row.
     """
     path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"labels CSV {path} does not exist")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or not rows[0] or rows[0][0].strip() != "filename":
-        raise ValueError(f"{path}: the first CSV column must be 'filename', header is "
-                         f"{rows[0] if rows else 'missing'}")
+        raise DataError(f"{path}: the first CSV column must be 'filename', header is "
+                        f"{rows[0] if rows else 'missing'}")
     header = [h.strip() for h in rows[0]]
     body = [r for r in rows[1:] if any(c.strip() for c in r)]
     for i, r in enumerate(body, start=2):
         if len(r) != len(header):
-            raise ValueError(f"{path}: row {i} has {len(r)} fields, the header has {len(header)}")
+            raise DataError(f"{path}: row {i} has {len(r)} fields, the header has {len(header)}")
     filenames = [r[0].strip() for r in body]
     if len(set(filenames)) != len(filenames):
-        raise ValueError(f"{path}: duplicate filenames")
+        raise DataError(f"{path}: duplicate filenames")
     if header == ["filename", "label"]:
         labels = [r[1].strip() for r in body]
         class_names = _sorted_class_names(set(labels))
@@ -82,10 +86,10 @@ def read_labels_csv(path: str | os.PathLike) -> LabelTable:
         multi_hot = np.array([[int(c) for c in r[1:]] for r in body], np.int32).reshape(
             len(body), len(header) - 1)
     except ValueError as e:
-        raise ValueError(f"{path}: expected columns filename,label or filename followed by 0/1 "
-                         f"code columns ({e})") from e
+        raise DataError(f"{path}: expected columns filename,label or filename followed by 0/1 "
+                        f"code columns ({e})") from e
     if multi_hot.size and not np.isin(multi_hot, (0, 1)).all():
-        raise ValueError(f"{path}: multi-hot code columns must hold 0 or 1")
+        raise DataError(f"{path}: multi-hot code columns must hold 0 or 1")
     return LabelTable(filenames, header[1:], None, multi_hot)
 
 
@@ -158,15 +162,23 @@ class FileRecords:
 
 
 class ImageFolderSource(FileRecords):
-    """Random-access source over an image folder, with a static image shape.
+    """Random-access source over an image folder, with a static image shape and one pixel scale.
 
     Layouts: `root/<class>/**/<file>` (classes are the sorted sub-folder names), or files directly
     under `root` with an optional labels CSV (`filename,label` or multi-hot, see `LabelTable`;
     filenames are relative to `root`). Without classes or CSV the source is unlabelled.
 
-    Records: `image` [S, S, C] uint8 (8-bit files) or float16 (other integer dtypes scaled to
-    [0, 1] by their maximum; float files as stored), `sample_id` int64 (the position in this
-    source), and `label` int32 (single-label) or `labels` int32 [K] (multi-hot) when labelled.
+    Records: `image` [S, S, C] of `image_dtype`, `sample_id` int64 (the position in this source),
+    and `label` int32 (single-label) or `labels` int32 [K] (multi-hot) when labelled.
+
+    Pixel scale: the first readable file fixes `image_dtype`, so every record shares one dtype and
+    one scale whatever the files' bit depths. An 8-bit first file makes it uint8: files of another
+    integer bit depth are scaled by their dtype's maximum to [0, 1], then rounded to 0..255 (a
+    16-bit image of constant 65535 becomes 255). Any other first file makes it float16: integer
+    files are scaled by their dtype's maximum to [0, 1] (8-bit ones divided by 255), float files
+    keep their values. Integer and float pixels share no scale (a float32 TIFF of dB values is no
+    fraction of a maximum), so a float file in a folder of integer images, or the reverse, is a
+    corrupt file: `CorruptImageError` naming it and both dtypes.
 
     Corrupt files: by default a bad file raises `CorruptImageError` (naming it) when read. With
     `skip_corrupt=True` every file is fully decoded once at construction, in a thread pool (Pillow
@@ -185,6 +197,19 @@ class ImageFolderSource(FileRecords):
       skip_corrupt: drop and count bad files at construction instead of raising when read.
       extensions: file suffixes to pick up (case-insensitive).
       validate_threads: threads for the construction-time validation pass.
+
+    Attributes:
+      image_shape: the records' [S, S, C] image shape.
+      image_dtype: the records' image dtype, uint8 or float16.
+      channels: C.
+      class_names: the class names, or None when unlabelled.
+      num_skipped: how many files `skip_corrupt` dropped (0 without it).
+      skipped_files: those files.
+
+    Raises:
+      DataNotFoundError: `root` or `labels_csv` does not exist.
+      DataError: no image files, every file corrupt, or a malformed labels CSV.
+      CorruptImageError: the first file is bad (without `skip_corrupt`).
     """
 
     def __init__(self, root: str | os.PathLike, *, image_size: int | None,
@@ -193,7 +218,7 @@ class ImageFolderSource(FileRecords):
                  validate_threads: int = 8):
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
+            raise DataNotFoundError(f"image folder {self.root} does not exist")
         if image_size is not None and image_size <= 0:
             raise ValueError(f"image_size must be positive or None, got {image_size}")
         self.image_size = image_size
@@ -210,7 +235,7 @@ class ImageFolderSource(FileRecords):
                 self.class_names = class_names
                 labels = np.asarray(class_labels, np.int32)
         if not files:
-            raise ValueError(f"no image files with extensions {tuple(extensions)} under {self.root}")
+            raise DataError(f"no image files with extensions {tuple(extensions)} under {self.root}")
 
         keep = np.ones(len(files), bool)
         self.skipped_files: list[str] = []
@@ -218,7 +243,7 @@ class ImageFolderSource(FileRecords):
             keep = self._validate_all(files, channels, validate_threads)
             self.skipped_files = [f for f, k in zip(files, keep) if not k]
             if not keep.any():
-                raise ValueError(f"every one of the {len(files)} files under {self.root} is corrupt")
+                raise DataError(f"every one of the {len(files)} files under {self.root} is corrupt")
             if self.skipped_files:
                 log.warning("ImageFolderSource(%s): skipped %d corrupt file(s) of %d, first: %s",
                             self.root, len(self.skipped_files), len(files), self.skipped_files[0])
@@ -227,30 +252,48 @@ class ImageFolderSource(FileRecords):
         self._label = None if labels is None else labels[keep]
         self._multi_hot = None if multi_hot is None else multi_hot[keep]
 
-        first = self._decode(self._files[0], channels, native_shape=None)
+        raw = decode_image(self._files[0], channels=channels)
+        self._scale_of = (self._files[0], raw.dtype)
+        self.image_dtype = np.dtype(np.uint8 if raw.dtype == np.uint8 else np.float16)
+        first = self._fit(raw, self._files[0], native_shape=None)
         self.channels = int(first.shape[-1])
         self._native_shape = None if image_size is not None else first.shape
         self.image_shape = tuple(int(d) for d in first.shape)
-        self.image_dtype = first.dtype
 
     def _validate_all(self, files: list[str], channels: int | None, threads: int) -> np.ndarray:
-        def check(f: str) -> tuple[int, ...] | int | None:
+        def check(f: str) -> tuple[tuple[int, ...] | int, bool] | None:
             try:
                 arr = decode_image(f, channels=channels)
             except CorruptImageError:
                 return None
-            return arr.shape if self.image_size is None else arr.shape[-1]
+            return (arr.shape if self.image_size is None else arr.shape[-1]), arr.dtype.kind == "f"
 
         with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
             shapes = list(pool.map(check, files))
-        # The first readable file fixes the channel count (and the shape without resizing);
-        # files that disagree with it are wrong-shape and skipped too.
+        # The first readable file fixes the channel count (the shape without resizing) and whether
+        # pixels are integer or float; files that disagree with it are skipped too.
         reference = next((s for s in shapes if s is not None), None)
         return np.array([s is not None and s == reference for s in shapes], bool)
 
-    def _decode(self, path: str, channels: int | None,
-                native_shape: tuple[int, ...] | None) -> np.ndarray:
-        arr = to_source_dtype(decode_image(path, channels=channels), path)
+    def _on_scale(self, arr: np.ndarray, path: str) -> np.ndarray:
+        """A decoded image in `image_dtype`, on the scale the first file fixed (see the class docstring)."""
+        first_file, first_dtype = self._scale_of
+        if (arr.dtype.kind == "f") != (first_dtype.kind == "f"):
+            raise CorruptImageError(
+                path, f"pixel dtype {arr.dtype} differs from {first_dtype} of {first_file}, which fixes "
+                      f"this folder's scale: integer and float images share no scale, keep them in "
+                      f"separate folders")
+        if arr.dtype.kind in "iu" and arr.dtype != self.image_dtype:
+            # Another bit depth than the source's: its full range maps onto the source's.
+            unit = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+            if self.image_dtype == np.uint8:
+                return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+            return unit.astype(np.float16)
+        return to_source_dtype(arr, path)
+
+    def _fit(self, arr: np.ndarray, path: str, native_shape: tuple[int, ...] | None) -> np.ndarray:
+        """A decoded image on the source's scale, at its size."""
+        arr = self._on_scale(arr, path)
         if self.image_size is not None:
             return to_source_dtype(resize_square(arr, self.image_size), path)
         if native_shape is not None and arr.shape != native_shape:
@@ -260,7 +303,7 @@ class ImageFolderSource(FileRecords):
         return arr
 
     def _image(self, path: str) -> np.ndarray:
-        return self._decode(path, self.channels, self._native_shape)
+        return self._fit(decode_image(path, channels=self.channels), path, self._native_shape)
 
     def __repr__(self) -> str:
         return (f"ImageFolderSource({str(self.root)!r}, n={len(self)}, image_shape="

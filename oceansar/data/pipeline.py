@@ -23,6 +23,7 @@ so worker processes stay light.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from typing import Any
 
 import grain
@@ -30,6 +31,16 @@ import numpy as np
 from absl import flags
 
 from oceansar.data.selection import Selection
+
+
+def ignore_signals(*_) -> None:
+    """Makes a reader process ignore SIGTERM and SIGINT (Grain's `worker_init_fn`, a pool's initializer).
+
+    A scheduler signals the whole process group; the training loop saves at the next step and then
+    shuts its readers down, which it cannot do if they died first and broke the pipeline under it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def steps_per_epoch(selection_len: int, batch_size: int, shard_count: int = 1) -> int:
@@ -252,7 +263,7 @@ def epoch_dataset(source: Any, selection: Selection, *, seed: int, epoch: int, b
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+            num_workers=worker_count, per_worker_buffer_size=worker_buffer_size), worker_init_fn=ignore_signals)
     return ds
 
 

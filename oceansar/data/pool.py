@@ -17,6 +17,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from oceansar.errors import DataError
+
 DEGRADATIONS = ("jpeg", "speckle", "none")
 
 
@@ -32,7 +34,7 @@ def source_labels(source) -> np.ndarray:
         return np.asarray(fields["label"], np.int64)
     first = source[0]
     if "label" not in first:
-        raise ValueError(f"{source!r} has no labels: a redundant pool needs a labelled source")
+        raise DataError(f"{source!r} has no labels: a redundant pool needs a labelled source")
     return np.asarray([source[i]["label"] for i in range(len(source))], np.int64)
 
 
@@ -96,6 +98,10 @@ class RedundantPool:
         self._group = at[start][group][order]
         self._labels = base_labels[self._base_index]
         self.class_names = getattr(base, "class_names", None)
+        # The files a file-backed base dropped are still the run's to report.
+        for name in ("num_skipped", "skipped_files"):
+            if hasattr(base, name):
+                setattr(self, name, getattr(base, name))
 
     def __len__(self) -> int:
         return int(self._base_index.size)

@@ -14,6 +14,8 @@ import pathlib
 
 import numpy as np
 
+from oceansar.errors import DataError, DataNotFoundError
+
 KEPT_FILE = "kept_indices.npy"
 WEIGHTS_FILE = "weights.npy"
 SUMMARY_FILE = "summary.json"
@@ -90,20 +92,24 @@ class Selection:
             exactly that many samples (its summary's `num_embeddings`) and index inside it.
 
         Raises:
-          FileNotFoundError: no selection in `directory`.
-          ValueError: a selection of another pool, or indices outside it.
+          DataNotFoundError: no selection in `directory`.
+          DataError: a selection of another pool, or indices outside it.
         """
         directory = pathlib.Path(directory)
         kept_file = directory / KEPT_FILE
         if not kept_file.is_file():
-            raise FileNotFoundError(f"{kept_file} not found: not a selection written by --mode=curate")
+            raise DataNotFoundError(f"{kept_file} not found: not a selection written by --mode=curate")
         weights = np.load(directory / WEIGHTS_FILE) if (directory / WEIGHTS_FILE).is_file() else None
-        selection = cls.subset(np.load(kept_file), weights)
         if num_samples is not None:
             summary = directory / SUMMARY_FILE
             curated_from = json.loads(summary.read_text()).get("num_embeddings") if summary.is_file() else None
             if curated_from is not None and curated_from != num_samples:
-                raise ValueError(f"the selection in {directory} was curated from {curated_from} embeddings but "
-                                 f"the pretraining source has {num_samples} samples")
-            selection.validate(num_samples)
+                raise DataError(f"the selection in {directory} was curated from {curated_from} embeddings but "
+                                f"the pretraining source has {num_samples} samples")
+        try:
+            selection = cls.subset(np.load(kept_file), weights)
+            if num_samples is not None:
+                selection.validate(num_samples)
+        except ValueError as e:  # the files' contents, not the caller's code, are at fault
+            raise DataError(f"{directory}: {e}") from e
         return selection

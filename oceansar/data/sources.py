@@ -21,6 +21,7 @@ from oceansar.data.cache import InMemorySource
 from oceansar.data.folder import ImageFolderSource
 from oceansar.data.pool import RedundantPool
 from oceansar.data.wv_files import WVFileSource
+from oceansar.errors import DataNotFoundError
 
 
 @runtime_checkable
@@ -38,9 +39,24 @@ def _tfds_source(name: str, *, split: str, data_dir: str, image_size: int):
     return TFDSSource(name, split=split, data_dir=data_dir or None, image_size=image_size)
 
 
+def _check_paths(data) -> None:
+    """A missing root or labels CSV of a file-backed `DataSpec`, named by its config field."""
+    if not pathlib.Path(data.root).is_dir():
+        raise DataNotFoundError(f"config.data.root: {data.root} is not a directory")
+    if data.labels_csv and not pathlib.Path(data.labels_csv).is_file():
+        raise DataNotFoundError(f"config.data.labels_csv: {data.labels_csv} does not exist")
+
+
 def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
     """The unlabelled pretraining pool of a `DataSpec` (labels, if any, stay hidden), made redundant and
-    heavy-tailed when `data.pool_transform.enabled`, read into memory once when `data.cache` is set."""
+    heavy-tailed when `data.pool_transform.enabled`, read into memory once when `data.cache` is set.
+
+    Raises:
+      DataNotFoundError: a folder or WV-file pool's `config.data.root` or `config.data.labels_csv` is missing.
+      DataError: files that cannot be read as configured (see each source).
+    """
+    if data.source in ("folder", "wv_files"):
+        _check_paths(data)
     if data.source == "synthetic_wv":
         source = synthetic.SyntheticWV(
             num_samples=data.num_samples, image_size=data.image_size, seed=seed,

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from oceansar.data.decode import CorruptImageError, resize_square, to_source_dtype
 from oceansar.data.folder import read_labels_csv, scan_image_folder
 from oceansar.data.wv_files import CALIBRATION_DB, WV_EXTENSIONS, read_wv
+from oceansar.errors import DataError, DataNotFoundError
 
 SPLIT_FOLDERS = ("train", "validation", "test")
 
@@ -65,7 +66,7 @@ class WvArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                  calibration_db: float = CALIBRATION_DB, **kwargs: Any):
         self._archive_dir = pathlib.Path(archive_dir)
         if not self._archive_dir.is_dir():
-            raise FileNotFoundError(f"WV archive {self._archive_dir} does not exist")
+            raise DataNotFoundError(f"WV archive {self._archive_dir} does not exist")
         self._image_size = int(image_size)
         self._skip_corrupt = bool(skip_corrupt)
         self._calibration_db = float(calibration_db)
@@ -84,7 +85,7 @@ class WvArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for split, d in split_dirs.items():
             files, classes, labels = scan_image_folder(d, WV_EXTENSIONS)
             if not files:
-                raise ValueError(f"no WV files (.png/.tif/.tiff) under {d}")
+                raise DataError(f"no WV files (.png/.tif/.tiff) under {d}")
             split_files[split] = files
             folder_classes[split] = (classes, labels)
         if labels_csv is not None:
@@ -95,7 +96,7 @@ class WvArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 for f in files:
                     row = rows.get(os.path.basename(f))
                     if row is None:
-                        raise ValueError(f"{labels_csv}: no row for archive file {f}")
+                        raise DataError(f"{labels_csv}: no row for archive file {f}")
                     labels_of[f] = (int(table.label[row]) if table.label is not None
                                     else table.multi_hot[row])
             return split_files, table.class_names, labels_of, table.multi_hot is not None
@@ -199,10 +200,10 @@ class TFDSSource:
         if len(shape) == 2:
             shape = shape + (1,)
         if len(shape) != 3 or shape[-1] is None:
-            raise ValueError(f"TFDS dataset {name!r}: feature {image_key!r} has shape {shape}, "
+            raise DataError(f"TFDS dataset {name!r}: feature {image_key!r} has shape {shape}, "
                              f"expected [H, W, C] with a known channel count")
         if image_size is None and None in shape[:2]:
-            raise ValueError(f"TFDS dataset {name!r} has images of varying size {shape}: pass "
+            raise DataError(f"TFDS dataset {name!r} has images of varying size {shape}: pass "
                              f"image_size so batches have a static shape")
         self.image_shape = (shape if image_size is None
                             else (int(image_size), int(image_size), int(shape[-1])))
@@ -222,7 +223,7 @@ class TFDSSource:
                 self._ds = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
                                             download=False)
             except Exception as e:
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"cannot open TFDS dataset {self.name!r} split {self.split!r} in data_dir "
                     f"{self.data_dir}: it must be prepared in array_record format (e.g. `tfds "
                     f"build {self.name} --file_format=array_record`) ({type(e).__name__}: {e})"

@@ -32,6 +32,7 @@ import numpy as np
 from oceansar.data.decode import CorruptImageError, decode_image, resize_square
 from oceansar.data.folder import FileRecords, read_labels_csv
 from oceansar.data.synthetic import DB_RANGE
+from oceansar.errors import DataError, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _list_wv_files(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike]
     if isinstance(paths_or_dir, (str, os.PathLike)):
         root = pathlib.Path(paths_or_dir)
         if not root.is_dir():
-            raise FileNotFoundError(f"WV folder {root} does not exist")
+            raise DataNotFoundError(f"WV folder {root} does not exist")
         return sorted(str(p) for p in root.rglob("*")
                       if p.is_file() and p.suffix.lower() in WV_EXTENSIONS)
     return [str(p) for p in paths_or_dir]
@@ -125,6 +126,14 @@ class WVFileSource(FileRecords):
         `len` stays fixed; otherwise a bad file raises `CorruptImageError` when read.
       calibration_db: see `read_wv`.
       float_units: see `read_wv`.
+
+    Attributes:
+      num_skipped: how many files were dropped (0 without `skip_corrupt`).
+      skipped_files: those files: corrupt ones, and files the CSV lists that do not exist.
+
+    Raises:
+      DataNotFoundError: the folder, or (without `skip_corrupt`) a file the CSV lists, does not exist.
+      DataError: no WV files, or every one corrupt or missing.
     """
 
     def __init__(self, paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -147,7 +156,7 @@ class WVFileSource(FileRecords):
             by_name = {os.path.basename(f): f for f in files}
             missing = [f for f in table.filenames if os.path.basename(f) not in by_name]
             if missing and not skip_corrupt:
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"{labels_csv}: {len(missing)} listed file(s) not found, first: {missing[0]}")
             rows = [i for i, f in enumerate(table.filenames) if os.path.basename(f) in by_name]
             files = [by_name[os.path.basename(table.filenames[i])] for i in rows]
@@ -158,7 +167,7 @@ class WVFileSource(FileRecords):
         else:
             skipped = []
         if not files:
-            raise ValueError(f"no WV files (.png/.tif/.tiff) in {paths_or_dir}")
+            raise DataError(f"no WV files (.png/.tif/.tiff) in {paths_or_dir}")
         keep = np.ones(len(files), bool)
         if skip_corrupt:
             for i, f in enumerate(files):
@@ -168,7 +177,7 @@ class WVFileSource(FileRecords):
                     keep[i] = False
             skipped += [f for f, k in zip(files, keep) if not k]
             if not keep.any():
-                raise ValueError(f"every WV file in {paths_or_dir} is corrupt or missing")
+                raise DataError(f"every WV file in {paths_or_dir} is corrupt or missing")
         if skipped:
             log.warning("WVFileSource: skipped %d corrupt or missing file(s), first: %s",
                         len(skipped), skipped[0])

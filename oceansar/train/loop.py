@@ -8,16 +8,20 @@ next batch while the device computes) and fetches the metrics of the previous lo
 next step is queued. An epoch ends when its known number of batches has been served, and its finished
 iterator is closed off the training thread (joining Grain's workers takes most of a second). Resume
 order: the workdir's own checkpoint, then `config.resume`, then a fresh state (`config.init_from`
-fills its backbone). A non-finite loss stops the run and the last good checkpoint stays untouched;
-SIGTERM saves at the next step boundary and exits. Final evaluation, release and summary belong to
-the application that called the loop (`oceansar.apps.pretrain`).
+fills its backbone); the metric log is cut to the step the run continues from. A non-finite loss
+stops the run and the last good checkpoint stays untouched. SIGTERM or SIGINT saves at the next
+step boundary, or at once with what was trained when it arrives while compiling, planning an epoch
+or evaluating, and raises `Preempted` (`oceansar.train.preemption`). Each launch's steps and times
+are recorded in the run state (`segments`). Final evaluation, release and summary belong to the
+application that called the loop (`oceansar.apps.pretrain`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import logging
 import pathlib
-import signal
 import threading
 import time
 from typing import Any
@@ -30,20 +34,18 @@ from curation import copies
 from oceansar import sharding
 from oceansar.checkpoint import Checkpointer
 from oceansar.data import pipeline
+from oceansar.errors import ConfigError, DataNotFoundError
 from oceansar.evals import features as features_lib
 from oceansar.experiment import Experiment
-from oceansar.metrics import MetricWriter, truncate_after
+from oceansar.metrics import MetricWriter
 from oceansar.pruning.policies import Pruner
 from oceansar.pruning.report import resampling_scalars, selection_summary, write_reports
+from oceansar.train.preemption import Preempted, Preemption, interruptibly
 from oceansar.train.run_state import RunState
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-class _Preempted(Exception):
-    """SIGTERM arrived; the loop saved and stops."""
 
 
 @dataclasses.dataclass
@@ -132,31 +134,35 @@ def _next_epoch(exp: Experiment, source, pruner: Pruner, state, run: RunState | 
     reports = ([] if run is None else run.reports) + ([d.report] if d.report else [])
     return RunState(num_samples=len(source), subset=d.subset, served=d.served, epoch=epoch,
                     epoch_start_step=step, resamplings=len(reports), reports=reports,
-                    last_resampling_epoch=epoch if d.report else last)
+                    last_resampling_epoch=epoch if d.report else last,
+                    segments=[] if run is None else run.segments)
 
 
-def _start(exp: Experiment, source, pruner: Pruner, feed: _Feed, ckpt: Checkpointer, workdir: pathlib.Path):
-    """(state, run state, data iterator) restored from the workdir or `config.resume`, else fresh."""
+def _start(exp: Experiment, source, pruner: Pruner, feed: _Feed, ckpt: Checkpointer, writer: MetricWriter):
+    """(state, run state, data iterator) restored from the workdir or `config.resume`, else fresh.
+
+    The metric log is cut to the step the run continues from, so no step is ever logged twice.
+    """
     restore_from = ckpt if ckpt.latest_step() is not None else None
     if restore_from is None and exp.spec.resume:
         restore_from = Checkpointer(exp.spec.resume, max_to_keep=exp.spec.keep_checkpoints)
         if restore_from.latest_step() is None:
-            raise FileNotFoundError(f"config.resume: no checkpoint under {exp.spec.resume}")
+            raise DataNotFoundError(f"config.resume: no checkpoint under {exp.spec.resume}")
     if restore_from is None:
+        writer.truncate_after(0)
         state = exp.init_state()
         run = _next_epoch(exp, source, pruner, state, None, 0)
         return state, run, feed.open(run)
     step = restore_from.latest_step()
     run = RunState.from_tree(restore_from.restore_run(step))
     if run.num_samples != len(source):
-        raise ValueError(f"the checkpoint in {restore_from.directory} was trained on a pool of {run.num_samples} "
-                         f"samples but config.data gives {len(source)}")
+        raise ConfigError(f"config.data: the checkpoint in {restore_from.directory} was trained on a pool of "
+                          f"{run.num_samples} samples but config.data gives {len(source)}")
     data_iter = feed.open(run)
     state = exp.restore(restore_from, step, data_iterator=data_iter)
     if restore_from is not ckpt:
         restore_from.close()
-    if jax.process_index() == 0:
-        truncate_after(workdir / "metrics.jsonl", step)
+    writer.truncate_after(step)
     logging.warning("resumed from step %d (epoch %d) of %s", step, run.epoch, restore_from.directory)
     return state, run, data_iter
 
@@ -167,15 +173,116 @@ def _describe(source, run: RunState) -> dict[str, float]:
     return info | (resampling_scalars(run.reports[-1]) if run.reports else {})
 
 
-def _save(ckpt: Checkpointer, step: int, state, data_iter, run: RunState) -> None:
-    if not bool(jax.device_get(state.finite)):
-        raise NonFiniteLossError(f"non-finite loss before step {step}; not saved (last good checkpoint: "
-                                 f"{ckpt.latest_step()} in {ckpt.directory})")
-    ckpt.save(step, state=state, data_iterator=data_iter, run=run.to_tree())
+class _Loop:
+    """One launch's training: the restored (or fresh) run, its step, and how it saves and stops."""
+
+    def __init__(self, exp: Experiment, source, workdir: pathlib.Path, writer: MetricWriter,
+                 preemption: Preemption, wall_start: float):
+        self.exp, self.source, self.spec, self.writer = exp, source, exp.spec, writer
+        self.workdir, self.preemption, self.wall_start = workdir, preemption, wall_start
+        self.is_main = jax.process_index() == 0
+        self.pruner = Pruner(exp.spec.pruning, num_samples=len(source), seed=exp.spec.seed,
+                             total_examples=exp.spec.total_examples)
+        self.feed = _Feed(source, exp)
+        self.ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=exp.spec.keep_checkpoints)
+        self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.t_train: float | None = None
+        try:
+            self.state, self.run, self.data_iter = _start(exp, source, self.pruner, self.feed, self.ckpt, writer)
+        except BaseException:
+            self.ckpt.close()
+            raise
+        self.step = self.start_step = int(jax.device_get(self.state.step))
+        self.history = list(self.run.segments)
+
+    def train_seconds(self) -> float:
+        return 0.0 if self.t_train is None else time.perf_counter() - self.t_train
+
+    def segments(self) -> list[dict[str, Any]]:
+        """Every launch that trained this run so far, this one up to the current step."""
+        return self.history + [{"started": self.started, "start_step": self.start_step, "end_step": self.step,
+                                "train_seconds": round(self.train_seconds(), 1),
+                                "wall_seconds": round(time.time() - self.wall_start, 1)}]
+
+    def save(self) -> None:
+        if not bool(jax.device_get(self.state.finite)):
+            raise NonFiniteLossError(f"non-finite loss before step {self.step}; not saved (last good checkpoint: "
+                                     f"{self.ckpt.latest_step()} in {self.ckpt.directory})")
+        run = dataclasses.replace(self.run, segments=self.segments())
+        self.ckpt.save(self.step, state=self.state, data_iterator=self.data_iter, run=run.to_tree())
+
+    def next_epoch(self) -> None:
+        """Plans, computes and decides the next epoch; interruptible until the swap, which is whole."""
+        run = _next_epoch(self.exp, self.source, self.pruner, self.state, self.run, self.step)
+        data_iter, info = self.feed.open(run), _describe(self.source, run)
+        with self.preemption.deferred():
+            finished, self.run, self.data_iter, self.info = self.data_iter, run, data_iter, info
+        self.feed.retire(finished)
+        if self.is_main and run.reports:
+            write_reports(self.workdir, run.reports)
+
+    def stopped(self, signal_error: Preempted, log: _MetricLog) -> Preempted:
+        """Saves what was trained since the last checkpoint, if anything; the error to raise."""
+        log.flush()
+        if self.step > self.start_step and self.ckpt.latest_step() != self.step:
+            self.save()
+        self.ckpt.wait()
+        saved = self.ckpt.latest_step()
+        detail = (f"step {saved} is saved in {self.ckpt.directory}" if saved is not None
+                  else "nothing was trained yet") + "; rerun the same command to resume"
+        return Preempted(signal_error.signum, detail)
+
+    def train(self, end: int) -> None:
+        """Steps until `end`, then saves; a signal stops it at the next step boundary."""
+        if self.step >= end:  # a finished run relaunched (to evaluate after a stop): nothing to compile
+            return
+        image = np.asarray(self.source[0]["image"])  # the pipeline serves uint8 as is and any float as float16
+        train_step = interruptibly(self.exp.compile_train_step, np.float16 if image.dtype.kind == "f" else image.dtype,
+                                   name="compile-train-step")
+        spec, mesh = self.spec, self.exp.mesh
+        bar = tqdm(total=self.exp.budget.total_steps, initial=self.step, desc="pretrain", unit="step",
+                   disable=not (spec.progress and self.is_main), dynamic_ncols=True)
+        log = _MetricLog(self.writer, bar, batch_size=spec.batch_size, ckpt=self.ckpt, step=self.step)
+        self.info, self.t_train = _describe(self.source, self.run), time.perf_counter()
+        try:
+            while self.step < end:
+                if self.step - self.run.epoch_start_step >= self.feed.steps(self.run):
+                    self.next_epoch()  # the epoch's batches are all served
+                    continue
+                with self.preemption.deferred():
+                    batch = next(self.data_iter)
+                    self.state, metrics, _ = train_step(self.state, sharding.shard_batch(
+                        mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
+                    self.step += 1
+                    bar.update(1)
+                    log.flush(self.step)
+                    if self.step % spec.log_every_steps == 0:
+                        log.hold(self.step, metrics, self.run.epoch, self.info)
+                    if self.step % spec.checkpoint_every_steps == 0 or self.preemption.requested:
+                        self.save()
+                self.preemption.check()
+                if due := self.exp.due_evaluators(self.step):
+                    self.writer.write(self.step, {f"eval/{k}": v for k, v in
+                                                  self.exp.evaluate(self.state.teacher, names=due).items()}
+                                      | {"examples_seen": self.step * spec.batch_size})
+            log.flush()
+            if self.ckpt.latest_step() != self.step:
+                self.save()
+        except Preempted as e:
+            raise self.stopped(e, log) from None
+        finally:
+            bar.close()
+
+    def close(self) -> None:
+        # Whatever stops the loop, the saves already started complete: a crash keeps the last good checkpoint.
+        self.ckpt.close()
+        if hasattr(self.data_iter, "close"):  # Grain's workers and their shared memory, now rather than at exit
+            self.data_iter.close()
 
 
 def run(exp: Experiment, source, workdir: str | pathlib.Path, writer: MetricWriter, *,
-        stop_at_step: int | None = None) -> Trained:
+        stop_at_step: int | None = None, preemption: Preemption | None = None,
+        wall_start: float | None = None) -> Trained:
     """Trains `exp` on `source` in `workdir`, resuming from its latest checkpoint if any.
 
     Args:
@@ -185,58 +292,21 @@ def run(exp: Experiment, source, workdir: str | pathlib.Path, writer: MetricWrit
       writer: the run's metric log.
       stop_at_step: if set, save at this step and return (the schedules still span the whole budget):
         a shared prefix that other runs continue from with `config.resume`.
+      preemption: the launch's signal guard, entered by the caller; None enters one for this call.
+      wall_start: `time.time()` when the launch started (default now), for the segment's wall time.
+
+    Raises:
+      Preempted: SIGTERM or SIGINT arrived; what was trained is saved (its message says where).
+      NonFiniteLossError: the loss became NaN or infinite; the last good checkpoint is kept.
     """
-    spec, workdir, is_main = exp.spec, pathlib.Path(workdir), jax.process_index() == 0
-    pruner = Pruner(spec.pruning, num_samples=len(source), seed=spec.seed, total_examples=spec.total_examples)
-    feed = _Feed(source, exp)
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=spec.keep_checkpoints)
-    state, run_state, data_iter = _start(exp, source, pruner, feed, ckpt, workdir)
-    image = np.asarray(source[0]["image"])  # the pipeline serves uint8 as is and any float as float16
-    train_step = exp.compile_train_step(np.float16 if image.dtype.kind == "f" else image.dtype)
-    step, t_start = int(jax.device_get(state.step)), time.perf_counter()
-    end = exp.budget.total_steps if stop_at_step is None else min(stop_at_step, exp.budget.total_steps)
-    bar = tqdm(total=exp.budget.total_steps, initial=step, disable=not (spec.progress and is_main), desc="pretrain",
-               unit="step", dynamic_ncols=True)
-    log = _MetricLog(writer, bar, batch_size=spec.batch_size, ckpt=ckpt, step=step)
-    preempted = threading.Event()
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
-    info, served = _describe(source, run_state), feed.steps(run_state)
-    try:
-        while step < end:
-            batch = next(data_iter, None) if step - run_state.epoch_start_step < served else None
-            if batch is None:  # the epoch's batches are all served (or its iterator ended)
-                feed.retire(data_iter)
-                run_state = _next_epoch(exp, source, pruner, state, run_state, step)
-                data_iter, served, info = feed.open(run_state), feed.steps(run_state), _describe(source, run_state)
-                if is_main and run_state.reports:
-                    write_reports(workdir, run_state.reports)
-                continue
-            state, metrics, _ = train_step(state, sharding.shard_batch(
-                exp.mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
-            step += 1
-            bar.update(1)
-            log.flush(step)
-            if step % spec.log_every_steps == 0:
-                log.hold(step, metrics, run_state.epoch, info)
-            if step % spec.checkpoint_every_steps == 0 or preempted.is_set():
-                _save(ckpt, step, state, data_iter, run_state)
-            if preempted.is_set():
-                raise _Preempted()
-            if due := exp.due_evaluators(step):
-                writer.write(step, {f"eval/{k}": v for k, v in exp.evaluate(state.teacher, names=due).items()}
-                             | {"examples_seen": step * spec.batch_size})
-        log.flush()
-        if ckpt.latest_step() != step:
-            _save(ckpt, step, state, data_iter, run_state)
-    except _Preempted:
-        ckpt.wait()
-        logging.warning("SIGTERM: saved step %d in %s; rerun the same command to resume", step, ckpt.directory)
-        raise SystemExit(143) from None
-    finally:
-        # Whatever stops the loop, the saves already started complete: a crash keeps the last good checkpoint.
-        ckpt.close()
-        signal.signal(signal.SIGTERM, previous_handler)
-        bar.close()
-    if is_main:
-        write_reports(workdir, run_state.reports)
-    return Trained(state=state, run=run_state, step=step, train_seconds=time.perf_counter() - t_start)
+    with contextlib.ExitStack() as stack:
+        guard = preemption if preemption is not None else stack.enter_context(Preemption())
+        loop = _Loop(exp, source, pathlib.Path(workdir), writer, guard,
+                     time.time() if wall_start is None else wall_start)
+        stack.callback(loop.close)
+        end = exp.budget.total_steps if stop_at_step is None else min(stop_at_step, exp.budget.total_steps)
+        loop.train(end)
+        if loop.is_main:
+            write_reports(loop.workdir, loop.run.reports)
+        return Trained(state=loop.state, run=dataclasses.replace(loop.run, segments=loop.segments()),
+                       step=loop.step, train_seconds=loop.train_seconds())

@@ -2,7 +2,8 @@
 
 `RunState` holds the counters the epoch loop keeps between steps (epoch, the step it started at,
 re-clusterings so far and the epoch of the latest one), the pool size the loss table was built for,
-the current subset and served `Selection`, and the report of every re-clustering so far. It is saved
+the current subset and served `Selection`, the report of every re-clustering so far, and one record
+per launch that trained the run (its steps, training and wall seconds). It is saved
 as one checkpoint item beside the train state and the data iterator, so a resumed run continues the
 same epoch with the same selection and the same history.
 """
@@ -29,15 +30,16 @@ class RunState:
     resamplings: int = 0
     last_resampling_epoch: int | None = None
     reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    segments: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_tree(self) -> dict[str, np.ndarray]:
-        """Arrays for one Orbax item; the reports travel as UTF-8 JSON bytes so the item stays whole."""
+        """Arrays for one Orbax item; reports and segments travel as UTF-8 JSON bytes so the item stays whole."""
         scalars = {k: np.int64(-1 if getattr(self, k) is None else getattr(self, k))
                    for k in ("num_samples", "epoch", "epoch_start_step", "resamplings", "last_resampling_epoch")}
         return {**scalars,
                 "subset_indices": self.subset.indices, "subset_weights": self.subset.weights,
                 "served_indices": self.served.indices, "served_weights": self.served.weights,
-                "reports": np.frombuffer(json.dumps(self.reports).encode(), np.uint8)}
+                "reports": _json_bytes(self.reports), "segments": _json_bytes(self.segments)}
 
     @classmethod
     def from_tree(cls, tree: dict[str, Any]) -> "RunState":
@@ -47,4 +49,12 @@ class RunState:
                    served=Selection(np.asarray(tree["served_indices"]), np.asarray(tree["served_weights"])),
                    epoch=int(tree["epoch"]), epoch_start_step=int(tree["epoch_start_step"]),
                    resamplings=int(tree["resamplings"]), last_resampling_epoch=None if last < 0 else last,
-                   reports=json.loads(np.asarray(tree["reports"], np.uint8).tobytes().decode() or "[]"))
+                   reports=_from_json_bytes(tree["reports"]), segments=_from_json_bytes(tree.get("segments")))
+
+
+def _json_bytes(value: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), np.uint8)
+
+
+def _from_json_bytes(array) -> list:
+    return [] if array is None else json.loads(np.asarray(array, np.uint8).tobytes().decode() or "[]")
