@@ -169,7 +169,8 @@ class Lock:
     """One writing process per workdir (see the module docstring); a context manager.
 
     Args:
-      workdir: the run directory (created if needed).
+      workdir: the run directory (created if needed, and removed again on release if it is still
+        empty then).
 
     Raises:
       WorkdirError: on entry, when a live process (or one on another host) holds the lock; the
@@ -203,6 +204,7 @@ class Lock:
                                f"the workdir") from None
 
     def acquire(self) -> None:
+        self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             if self._link():
@@ -226,6 +228,8 @@ class Lock:
         if holder is not None and holder.get("pid") == self.owner["pid"] \
                 and holder.get("host") == self.owner["host"]:
             self.path.unlink(missing_ok=True)
+        if getattr(self, "_created", False) and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()  # a launch that failed before writing leaves no trace
 
     def __enter__(self) -> "Lock":
         self.acquire()

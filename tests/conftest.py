@@ -40,6 +40,28 @@ def _compilation_cache(tmp_path_factory):
     yield
 
 
+# Modules that train and evaluate tiny models end to end: they only need their programs to run, and
+# XLA's optimisation passes cost them more compile time than they save in execution.
+END_TO_END = ("test_compare", "test_curate_cli", "test_experiment", "test_faults", "test_policies", "test_train_loop")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _unoptimised_end_to_end(request):
+    if request.module.__name__.rpartition(".")[2] not in END_TO_END:
+        yield
+        return
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a `launch.py` subprocess: the tests' devices, compiler settings and cache."""
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+                JAX_DISABLE_MOST_OPTIMIZATIONS=str(jax.config.read("jax_disable_most_optimizations")),
+                JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir))
+
+
 @pytest.fixture
 def smoke_config():
     """The default recipe's smoke variant: the fixture of every end-to-end test."""

@@ -28,6 +28,7 @@ import pytest
 from absl import flags
 
 import launch
+from conftest import subprocess_env
 from oceansar import workdir as workdir_lib
 from oceansar.apps.pretrain import pretrain
 from oceansar.checkpoint import Checkpointer
@@ -55,11 +56,10 @@ def _launch(*argv):
 
 
 def _env(compilation_cache: bool = True) -> dict[str, str]:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    if compilation_cache:
-        env["JAX_COMPILATION_CACHE_DIR"] = str(jax.config.jax_compilation_cache_dir)
-    else:
-        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env = subprocess_env()
+    if not compilation_cache:  # compile for real, with every optimisation pass
+        del env["JAX_COMPILATION_CACHE_DIR"]
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "False"
     return env
 
 
@@ -226,7 +226,7 @@ def test_sigterm_to_the_process_group_saves_and_resumes_bit_identically(tmp_path
 
 def test_a_signal_while_compiling_exits_within_seconds(tmp_path):
     workdir = tmp_path / "run"
-    # A larger ViT and no compilation cache: compiling its step takes tens of seconds on a CPU.
+    # A larger ViT, optimised and not cached: compiling its programs takes tens of seconds on a CPU.
     proc = _spawn("--config=configs/default.py:smoke", "--config.model.variant=B/8", f"--workdir={workdir}",
                   compilation_cache=False)
     _wait_for(workdir / "config.json", proc)

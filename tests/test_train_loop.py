@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 
 import launch
+from conftest import subprocess_env
 from oceansar import release, sharding
 from oceansar.apps.pretrain import pretrain
 from oceansar.checkpoint import Checkpointer
@@ -86,8 +87,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
 
     # The same command in a subprocess, killed with SIGKILL once a mid-run checkpoint exists.
     killed = tmp_path / "killed"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir))
+    env = subprocess_env()
     argv = [sys.executable, "launch.py", "--config=configs/default.py:smoke", f"--workdir={killed}",
             "--config.data.num_samples=64", "--config.pruning.policy=random", "--config.pruning.rho=0.75",
             "--config.checkpoint_every_steps=4", "--config.evals.wv.every_examples=0",

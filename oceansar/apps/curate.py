@@ -30,7 +30,7 @@ from oceansar import sharding
 from oceansar.apps import embed as embed_lib
 from oceansar.data import sources
 from oceansar.data.selection import Selection
-from oceansar.errors import ConfigError
+from oceansar.errors import ConfigError, DataError, DataNotFoundError
 from oceansar.evals import features as features_lib
 from oceansar.models.vit import parse_variant
 from oceansar.spec import DataSpec, EvalSpec, build
@@ -64,25 +64,35 @@ class _Pool:
         return self._source
 
 
+def _load_embeddings(path) -> np.ndarray:
+    """`curation.io.load_embeddings`, its errors as the data errors they are (curation knows no oceansar)."""
+    try:
+        return curation_io.load_embeddings(path)[0]
+    except FileNotFoundError as e:
+        raise DataNotFoundError(str(e)) from None
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
 def _load_pool(config) -> _Pool:
     if not config.embeddings:
         raise ConfigError("config.embeddings: empty; pass the directory written by --mode=embed "
                          "(--config=configs/curate_*.py:embeddings=DIR)")
     path = pathlib.Path(config.embeddings)
-    x, _ = curation_io.load_embeddings(path)
+    x = _load_embeddings(path)
     directory = path if path.is_dir() else path.parent
     manifest = None
     if (directory / embed_lib.MANIFEST_FILE).is_file():
         manifest = json.loads((directory / embed_lib.MANIFEST_FILE).read_text())
         if manifest["dim"] != x.shape[1] or manifest["num_samples"] != x.shape[0]:
-            raise ValueError(f"{directory / embed_lib.MANIFEST_FILE} describes {manifest['num_samples']} x "
+            raise DataError(f"{directory / embed_lib.MANIFEST_FILE} describes {manifest['num_samples']} x "
                              f"{manifest['dim']} embeddings but {directory / curation_io.EMBEDDINGS_FILE} "
                              f"is {x.shape[0]} x {x.shape[1]}")
     labels = None
     if (directory / embed_lib.LABELS_FILE).is_file():
         labels = np.load(directory / embed_lib.LABELS_FILE)
         if labels.shape != (x.shape[0],):
-            raise ValueError(f"{directory / embed_lib.LABELS_FILE}: shape {labels.shape} for {x.shape[0]} "
+            raise DataError(f"{directory / embed_lib.LABELS_FILE}: shape {labels.shape} for {x.shape[0]} "
                              f"embeddings")
     return _Pool(x=x, path=directory, labels=labels, manifest=manifest)
 
@@ -98,9 +108,9 @@ def _target(config, n: int, *, multiplier: int = 1) -> int:
         target = int(round(config.target_fraction * n))
         field = f"config.target_fraction={config.target_fraction} (= {target})"
     if target < 1:
-        raise ValueError(f"{field}: the selection would be empty")
+        raise DataError(f"{field}: the selection would be empty")
     if target > n * multiplier:
-        raise ValueError(f"{field} exceeds the {n} embeddings in {config.embeddings}"
+        raise DataError(f"{field} exceeds the {n} embeddings in {config.embeddings}"
                          + (f" x multiplier {multiplier}" if multiplier > 1 else ""))
     return target
 
@@ -118,7 +128,7 @@ def _pool_data(config, pool: _Pool) -> tuple[ml_collections.ConfigDict | None, i
 
 def _check_mesh_multiple(value: int, field: str, mesh: jax.sharding.Mesh) -> None:
     if value <= 0 or value % mesh.size:
-        raise ValueError(f"{field}={value} must be a positive multiple of the {mesh.size} devices")
+        raise DataError(f"{field}={value} must be a positive multiple of the {mesh.size} devices")
 
 
 _COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -126,7 +136,7 @@ _COMPUTE_DTYPES = ("float32", "bfloat16")
 
 def _compute_dtype(value: str, field: str) -> jnp.dtype:
     if value not in _COMPUTE_DTYPES:
-        raise ValueError(f"{field}={value!r}; known: {_COMPUTE_DTYPES}")
+        raise DataError(f"{field}={value!r}; known: {_COMPUTE_DTYPES}")
     return jnp.dtype(value)
 
 
@@ -229,19 +239,19 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
     """Embeddings and labels of the labelled reference set: loaded, or embedded here with a release."""
     ref = config.rs_prune.reference
     if ref.embeddings:
-        x, _ = curation_io.load_embeddings(ref.embeddings)
+        x = _load_embeddings(ref.embeddings)
         directory = pathlib.Path(ref.embeddings)
         directory = directory if directory.is_dir() else directory.parent
         labels_path = pathlib.Path(ref.labels) if ref.labels else directory / embed_lib.LABELS_FILE
         if not labels_path.is_file():
-            raise FileNotFoundError(f"config.rs_prune.reference.labels: {labels_path} not found (an [m] .npy of "
+            raise DataNotFoundError(f"config.rs_prune.reference.labels: {labels_path} not found (an [m] .npy of "
                                     f"the reference's scene labels)")
         labels = np.load(labels_path)
         if labels.shape != (x.shape[0],):
-            raise ValueError(f"{labels_path}: shape {labels.shape} for the {x.shape[0]} reference embeddings in "
+            raise DataError(f"{labels_path}: shape {labels.shape} for the {x.shape[0]} reference embeddings in "
                              f"{directory}")
         if x.shape[1] != pool.x.shape[1]:
-            raise ValueError(f"dimension mismatch: config.embeddings {pool.path} has d={pool.x.shape[1]} but "
+            raise DataError(f"dimension mismatch: config.embeddings {pool.path} has d={pool.x.shape[1]} but "
                              f"config.rs_prune.reference.embeddings {directory} has d={x.shape[1]}")
         return np.asarray(x, np.float32), labels, str(directory)
 
@@ -250,12 +260,12 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
         raise ConfigError("config.rs_prune.reference: set embeddings (+ labels), or release (or embed the pool "
                          "with --mode=embed, whose embed.json names the release)")
     if not (pathlib.Path(release_dir) / "model.json").is_file():
-        raise FileNotFoundError(f"config.rs_prune.reference.release: {pathlib.Path(release_dir) / 'model.json'} "
+        raise DataNotFoundError(f"config.rs_prune.reference.release: {pathlib.Path(release_dir) / 'model.json'} "
                                 f"not found: not an oceansar release directory")
     spec = json.loads((pathlib.Path(release_dir) / "model.json").read_text())
     width = parse_variant(spec["variant"])["width"]
     if width != pool.x.shape[1]:
-        raise ValueError(f"dimension mismatch: config.embeddings {pool.path} has d={pool.x.shape[1]} but the "
+        raise DataError(f"dimension mismatch: config.embeddings {pool.path} has d={pool.x.shape[1]} but the "
                          f"reference release {release_dir} ({spec['variant']}) embeds to d={width}")
     _check_mesh_multiple(ref.batch_size, "config.rs_prune.reference.batch_size", mesh)
     data, seed, reason = _pool_data(config, pool)
@@ -308,7 +318,7 @@ def _rs_prune(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.
     target = _target(config, pool.n)
     source, reason = pool.source(config)
     if source is None:
-        raise ValueError(f"rs_prune scores the images behind the embeddings, but {reason}; set config.data")
+        raise DataError(f"rs_prune scores the images behind the embeddings, but {reason}; set config.data")
     ref_x, ref_labels, ref_name = _reference(config, pool, mesh, timings)
 
     start = time.perf_counter()
@@ -317,7 +327,7 @@ def _rs_prune(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np.
     timings["entropy"] = time.perf_counter() - start
     survivors = int(entropy_lib.entropy_filter(scores, r.entropy_percentile).sum())
     if target > survivors:
-        raise ValueError(f"the target of {target} exceeds the {survivors} images left by the entropy filter "
+        raise DataError(f"the target of {target} exceeds the {survivors} images left by the entropy filter "
                          f"(config.rs_prune.entropy_percentile={r.entropy_percentile}); lower one of them")
     start = time.perf_counter()
     kept, info = scene.rs_prune(np.asarray(pool.x, np.float32), scores, ref_x, ref_labels, target,

@@ -21,7 +21,7 @@ from absl import logging
 from curation import io as curation_io
 from oceansar import release, sharding
 from oceansar.data import sources
-from oceansar.errors import ConfigError, DataError
+from oceansar.errors import ConfigError, DataError, DataNotFoundError
 from oceansar.evals import features as features_lib
 from oceansar.spec import DataSpec, build
 
@@ -71,7 +71,7 @@ def embed(config, workdir: str | pathlib.Path) -> pathlib.Path:
                          "(--config=configs/embed.py:release=PATH)")
     release_dir = pathlib.Path(config.release)
     if not (release_dir / "model.json").is_file():
-        raise FileNotFoundError(f"config.release: {release_dir / 'model.json'} not found: "
+        raise DataNotFoundError(f"config.release: {release_dir / 'model.json'} not found: "
                                 f"not an oceansar release directory")
     mesh = sharding.make_mesh(config.num_devices or None)
     if config.batch_size <= 0 or config.batch_size % mesh.size:
