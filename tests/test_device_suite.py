@@ -1,0 +1,134 @@
+"""The accelerator benchmark suite (`benchmarks/device_suite.py`) starts, runs every case and reports.
+
+The suite is run as the device machine runs it, in a subprocess, at its reduced (CPU smoke) sizes;
+its case runner is also driven directly with commands that fail, hang or print noise around their
+JSON, since a device session cannot afford a suite that loses results to one bad case.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from benchmarks import device_suite
+
+ROOT = device_suite.ROOT
+
+
+def _suite(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "benchmarks.device_suite", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_reduced_suite_runs_every_case(tmp_path):
+    out = tmp_path / "suite.json"
+    start = time.monotonic()
+    proc = _suite("--mode=reduced", f"--out={out}", timeout=300)
+    wall = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["complete"] and report["mode"] == "reduced"
+    statuses = {c["name"]: c["status"] for c in report["cases"]}
+    assert statuses == {c.name: "ok" for c in device_suite.CASES}, {
+        c["name"]: c.get("stderr_tail", "")[-800:] for c in report["cases"] if c["status"] != "ok"}
+    assert report["device"]["device_kind"] and report["device"]["platform"] == "cpu"
+    assert report["device"]["device_count"] >= 1
+    for dist in ("jax", "jaxlib", "flax", "python"):
+        assert report["versions"][dist], dist
+    assert report["host"]["cpu_count"] >= 1 and all(report["dependencies"].values())
+    by_name = {c["name"]: c for c in report["cases"]}
+    for name in ("train_step_s16", "train_step_s8", "train_step_b8"):
+        assert by_name[name]["result"]["timing"]["samples_per_s"] > 0, name
+        assert by_name[name]["wall_s"] > 0
+    assert report["goals"]["train_step_s16"]["samples_per_s"] > 0
+    assert all(g["met"] is None for k, g in report["goals"].items() if k != "note")  # smoke sizes judge nothing
+    assert report["total_wall_s"] <= wall + 1
+
+
+def test_list_names_every_full_mode_case():
+    proc = _suite("--list", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(proc.stdout)
+    assert listing["mode"] == "full"
+    assert [c["name"] for c in listing["cases"]] == [c.name for c in device_suite.CASES]
+    for listed, case in zip(listing["cases"], device_suite.CASES):
+        assert listed["command"].startswith(f"python -m benchmarks.{case.module} "), listed
+        assert listed["timeout_s"] == case.timeout_s[0]
+    assert "--dtype=bfloat16" in listing["cases"][0]["command"]
+    assert _suite("--cases=nope", timeout=60).returncode == 2
+
+
+def test_a_failing_case_is_recorded_and_the_others_still_run():
+    py = sys.executable
+    cases = [
+        device_suite.Planned("bogus", [py, "-c", ("import sys; print('{\"partial\": 1}'); "
+                                                  "sys.stderr.write('boom: no such benchmark\\n'); sys.exit(3)")], 30),
+        device_suite.Planned("no_binary", ["/nonexistent/python", "-m", "benchmarks.nothing"], 30),
+        device_suite.Planned("hangs", [py, "-c", "import time; time.sleep(60)"], 1),
+        device_suite.Planned("good", [py, "-c", ("print('log line'); print('{\"a\": 1}'); "
+                                                 "print('{\"b\": {\"c\": 2}}'); print('done')")], 30),
+        device_suite.Planned("needs", [py, "-c", "print('{}')"], 30, missing=("not_a_module_xyz",)),
+        device_suite.Planned("too_long", [py, "-c", "print('{}')"], 10_000),
+    ]
+    seen = []
+    records = device_suite.run_cases(cases, budget_s=600, on_record=lambda so_far: seen.append(len(so_far)))
+    by_name = {r["name"]: r for r in records}
+    assert [r["name"] for r in records] == [c.name for c in cases] and seen == list(range(1, len(cases) + 1))
+    assert by_name["bogus"]["status"] == "failed" and by_name["bogus"]["returncode"] == 3
+    assert "boom: no such benchmark" in by_name["bogus"]["stderr_tail"]
+    assert by_name["bogus"]["result"] == {"partial": 1}  # what a failing case printed is kept
+    assert by_name["no_binary"]["status"] == "failed" and "could not start" in by_name["no_binary"]["stderr_tail"]
+    assert by_name["hangs"]["status"] == "timeout" and 1 <= by_name["hangs"]["wall_s"] < 20
+    assert by_name["good"]["status"] == "ok" and by_name["good"]["result"] == {"b": {"c": 2}}
+    assert by_name["needs"]["status"] == "missing_dependency" and by_name["needs"]["missing"] == ["not_a_module_xyz"]
+    assert by_name["too_long"]["status"] == "skipped_budget"
+
+
+def test_last_json_object_skips_noise_and_truncated_reports():
+    text = '{"case": 1}\nwarning: {not json}\n{\n "cases": [\n  {"x": 1}\n ]\n}\n{\n "trunc": {"y": 2'
+    assert device_suite.last_json_object(text) == {"cases": [{"x": 1}]}
+    assert device_suite.last_json_object("no json here") is None
+    assert device_suite.last_json_object('[1, 2]\n"s"') is None
+
+
+def test_missing_modules_are_found_without_importing_them():
+    assert device_suite.find_missing(["json", "not_a_module_xyz", "not_a_pkg_xyz.sub"]) == (
+        "not_a_module_xyz", "not_a_pkg_xyz.sub")
+    reduced = device_suite.plan("reduced", ["kmeans_1m"], python="python")
+    assert [p.command[:3] for p in reduced] == [["python", "-m", "benchmarks.kmeans"]]
+
+
+def test_a_signal_stops_the_running_case_and_skips_the_rest():
+    py = sys.executable
+    cases = [device_suite.Planned("sleeps", [py, "-c", "import time; time.sleep(60)"], 120),
+             device_suite.Planned("after", [py, "-c", "print('{}')"], 30)]
+    timer = threading.Timer(0.5, device_suite._STOP.set)  # what the suite's SIGTERM handler does
+    timer.start()
+    try:
+        start = time.monotonic()
+        records = device_suite.run_cases(cases, budget_s=600)
+    finally:
+        timer.cancel()
+        device_suite._STOP.clear()
+    assert [r["status"] for r in records] == ["interrupted", "skipped_interrupt"]
+    assert time.monotonic() - start < 20
+
+
+def test_sigterm_to_the_suite_still_prints_its_json(tmp_path):
+    out = tmp_path / "suite.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.device_suite", "--mode=reduced", "--cases=kmeans_1m",
+                             f"--out={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr[-2000:]
+    report = json.loads(stdout)
+    assert report["complete"] is False and report["interrupted_by_signal"] == signal.SIGTERM
+    assert [c["status"] for c in report["cases"]] in (["interrupted"], ["skipped_interrupt"])
+    assert json.loads(out.read_text()) == report
