@@ -69,7 +69,8 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.heads, d // self.heads), 3, axis=2)
-        # XLA on CPU; cuDNN flash attention is picked on GPU when dtype and head size allow it.
+        # XLA's attention everywhere: with no `implementation`, JAX (0.10) does not choose cuDNN's flash
+        # kernel on GPU, which needs asking for explicitly (bf16, supported head sizes).
         out = jax.nn.dot_product_attention(q, k, v)
         return self.proj(out.reshape(b, t, d))
 
