@@ -1,8 +1,8 @@
 """Device mesh and sharding rules for data-parallel training.
 
-One `Mesh` with a `data` axis spans every device of every host (the successor of `pmap`): the
-train state is replicated, batches are split along their leading axis, and `jax.jit` inserts
-the cross-device reductions. Multi-host batches are assembled from each process's local slice
+One `Mesh` with a `data` axis spans every device of every host, and `jax.jit` runs on it through
+`NamedSharding`: the train state is replicated, batches are split along their leading axis, and
+XLA inserts the cross-device reductions. Multi-host batches are assembled from each process's local slice
 with `jax.make_array_from_process_local_data`.
 """
 from __future__ import annotations
