@@ -21,7 +21,7 @@ from absl import logging
 from curation import io as curation_io
 from oceansar import release, sharding
 from oceansar.data import sources
-from oceansar.errors import ConfigError, DataError, DataNotFoundError
+from oceansar.errors import ConfigError, DataNotFoundError
 from oceansar.evals import features as features_lib
 from oceansar.spec import DataSpec, build
 
@@ -45,11 +45,7 @@ def embed_source(release_dir: str | pathlib.Path, source, *, batch_size: int, me
       (result, spec): `result` from `extract_features` ("features" [n, D] float32, "sample_id" [n] and
       the records' scalar fields such as "label"), and the release's spec.
     """
-    fn, params, spec = release.embedder(release_dir, l2_normalize=True)
-    channels = np.asarray(source[0]["image"]).shape[-1]
-    if channels != spec["in_channels"]:
-        raise DataError(f"{source!r} gives {channels}-channel images but the release at {release_dir} "
-                         f"takes in_channels={spec['in_channels']}")
+    fn, params, spec = release.embedder(release_dir, l2_normalize=True)  # it refuses a wrong channel count
     params = sharding.replicate(mesh, params)
     result = features_lib.extract_features(functools.partial(fn, params), source, batch_size=batch_size,
                                            mesh=mesh, progress=progress, desc=desc)
