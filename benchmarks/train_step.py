@@ -1,4 +1,4 @@
-r"""Benchmark: throughput, model FLOPs and MFU of the real DINO train step. Prints JSON.
+r"""Benchmark: throughput, model FLOPs and MFU of the real train step, DINO's and DINOv2's objective. Prints JSON.
 
 The step is built exactly as `oceansar.train.loop` builds it, through the `Experiment`
 (`run_spec`, `Experiment.build`, `init_state`, `compile_train_step`, `sharding.shard_batch`), and fed
@@ -17,6 +17,12 @@ multi-crop resampling included) and against XLA's own `cost_analysis()` of the c
 rate by the device's dense bf16 peak when `oceansar.flops.PEAK_TFLOPS` knows the device; on a CPU it
 is null and the step is compared with a large matmul timed in the same run instead.
 
+`--objectives=dino,dinov2` (the default) times the same variant and crops under both objectives in
+one run: DINO's (the recipe with the iBOT and KoLeo terms off) and DINOv2's (`configs.common.
+dinov2_objective`: iBOT masked patches through the shared head, KoLeo). The top-level report is the
+first objective's; `objectives` holds each one's step time, samples/s and analytic FLOPs, and
+`ratios` the later ones over the first.
+
     python -m benchmarks.train_step                                   # configs/default.py (mu/8)
     python -m benchmarks.train_step --variant=S/16 --global_size=224 --local_size=96 --n_local=8 \
         --batch_size=8 --steps=3 --repeats=1
@@ -26,6 +32,7 @@ is null and the step is compared with a large matmul timed in the same run inste
 """
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import statistics
@@ -50,6 +57,9 @@ from oceansar import flops, sharding  # noqa: E402
 from oceansar.experiment import Experiment, program_report, run_spec  # noqa: E402
 from oceansar.spec import RunSpec  # noqa: E402
 from oceansar.train import step as step_lib  # noqa: E402
+from configs import common  # noqa: E402
+
+OBJECTIVES = ("dino", "dinov2")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_ROOT / "configs" / "default.py"), "Recipe file, optionally with ':arg'.", lock_config=False)
@@ -66,6 +76,9 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation (the first includes dispatch set-up).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices in the data mesh; 0 = all visible.")
+_OBJECTIVES = flags.DEFINE_list(
+    "objectives", ["dino", "dinov2"], "Objectives timed one after the other: dino (iBOT and KoLeo off) and/or "
+    "dinov2 (iBOT + KoLeo on, configs.common.dinov2_objective).")
 _CEILING = flags.DEFINE_integer(
     "ceiling_size", 0, "Side n of the n x n matmul timed as this device's ceiling; 0 = 2048 on CPU, 8192 "
     "elsewhere.")
@@ -189,7 +202,7 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
     device = jax.devices()[0]
     platform = device.platform
     b = spec.batch_size
-    analytic = flops.dino_step_flops(spec.model, spec.crops, nlayers=nlayers)
+    analytic = flops.run_step_flops(spec, nlayers=nlayers)
     augment = flops.multicrop_flops(spec.crops, image_size=spec.data.image_size, in_channels=spec.model.in_channels)
     step_s_best, step_s_median = min(windows), statistics.median(windows)
     achieved = analytic["total"] * b / step_s_best / 1e12
@@ -215,6 +228,8 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
                       "local_size": c.local_size},
             "head": {"hidden_dim": spec.model.hidden_dim, "bottleneck_dim": spec.model.bottleneck_dim,
                      "out_dim": spec.model.out_dim, "nlayers": nlayers},
+            "objective": {"ibot_weight": spec.ibot.weight, "koleo_weight": spec.dino.koleo_weight,
+                          "centering": spec.dino.centering, "ibot_separate_head": spec.ibot.separate_head},
             "notes": notes,
         },
         "device": {"platform": platform, "device_kind": device.device_kind, "num_devices": num_devices,
@@ -262,12 +277,47 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def with_objective(config, objective: str):
+    """A copy of `config` training `objective`: dino (iBOT and KoLeo off) or dinov2 (both on, DINOv2's values)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objectives: unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    config = copy.deepcopy(config)
+    if objective == "dinov2":
+        common.dinov2_objective(config)
+    else:
+        config.ibot.weight = 0.0
+        config.dino.koleo_weight = 0.0
+    return config
+
+
+def compare_objectives(config, notes: dict[str, Any], objectives: list[str]) -> dict[str, Any]:
+    """`run` for each objective; the first one's report with every objective's headline and the ratios added."""
+    if not objectives:
+        raise ValueError("--objectives: give at least one of " + ", ".join(OBJECTIVES))
+    reports = {name: run(with_objective(config, name), notes) for name in objectives}
+    first = objectives[0]
+    out = dict(reports[first], objective=first)
+    out["objectives"] = {name: {"step_ms_best": r["timing"]["step_ms_best"],
+                                "samples_per_s": r["timing"]["samples_per_s"],
+                                "analytic_flops_per_sample": r["flops"]["analytic_per_sample"]["total"],
+                                "achieved_tflops": r["throughput"]["achieved_tflops"],
+                                "mfu": r["throughput"]["mfu"], "compile_s": r["timing"]["compile_s"],
+                                "final_loss": r["timing"]["final_loss"]}
+                         for name, r in reports.items()}
+    base = out["objectives"][first]
+    out["ratios"] = {f"{name}_over_{first}": {
+        "step_time": round(o["step_ms_best"] / base["step_ms_best"], 4),
+        "analytic_flops": round(o["analytic_flops_per_sample"] / base["analytic_flops_per_sample"], 4)}
+        for name, o in out["objectives"].items() if name != first}
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     notes = _apply_flags(config)
-    print(json.dumps(run(config, notes), indent=2))
+    print(json.dumps(compare_objectives(config, notes, _OBJECTIVES.value), indent=2))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def dino_config() -> ml_collections.ConfigDict:
-    """DINO objective and optimisation defaults (DINO, arXiv 2104.14294), budgets in examples seen."""
+    """DINO objective and optimisation defaults (DINO, arXiv 2104.14294), budgets in examples seen.
+
+    The DINOv2 terms (iBOT's masked patches, KoLeo, Sinkhorn-Knopp) are present and off; `dinov2_objective`
+    turns them on with DINOv2's values (arXiv 2304.07193).
+    """
     c = ml_collections.ConfigDict()
     c.dino = dict(
         student_temp=0.1,             # tau_s (DINO).
@@ -48,6 +52,20 @@ def dino_config() -> ml_collections.ConfigDict:
         teacher_temp_warmup_examples=0,  # set per recipe (DINO: 30 epochs' worth).
         center_momentum=0.9,          # EMA of the teacher-logit centre.
         teacher_momentum=0.996,       # m0; cosine to 1.0 over the run.
+        centering="ema",              # ema (DINO's centre) | sinkhorn_knopp (DINOv2), CLS and patch targets.
+        sinkhorn_iterations=3,        # DINOv2.
+        koleo_weight=0.0,             # KoLeo on the student's global-crop CLS (DINOv2: 0.1); 0 = off.
+    )
+    c.ibot = dict(                    # iBOT masked-patch loss (arXiv 2111.07832); weight 0 = off.
+        weight=0.0,                   # lambda2 (iBOT, DINOv2: 1.0).
+        mask_probability=0.5,         # share of global crops masked.
+        mask_ratio=(0.1, 0.5),        # masked fraction of a masked crop, uniform; blocks as BEiT/iBOT.
+        student_temp=0.1,
+        teacher_temp=0.07,            # patch tau_t after the warm-up (dino.teacher_temp_warmup_examples).
+        warmup_teacher_temp=0.04,
+        center_momentum=0.9,          # EMA of the teacher patch-logit centre (ema centring).
+        separate_head=False,          # False: the DINO head maps patches too (DINOv2 default).
+        out_dim=8192,                 # prototypes of a separate patch head.
     )
     c.optim = dict(
         base_lr=5e-4,                 # per 256 examples (lr = base_lr * batch_size / 256).
@@ -60,4 +78,17 @@ def dino_config() -> ml_collections.ConfigDict:
         b1=0.9,
         b2=0.999,
     )
+    c.schedules = dict(               # cosine (DINO) | wsd (warmup-stable-decay, MiniCPM arXiv 2404.06395).
+        lr="cosine",
+        weight_decay="cosine",
+        teacher_momentum="cosine",
+        decay_fraction=0.2,           # wsd: last share of the budget spent decaying.
+        decay_shape="1-sqrt",         # wsd: cosine | linear | 1-sqrt.
+    )
     return c
+
+
+def dinov2_objective(c: ml_collections.ConfigDict) -> None:
+    """Turns a recipe's objective into DINOv2's: DINO CLS + iBOT patches (shared head) + KoLeo (arXiv 2304.07193)."""
+    c.ibot.weight = 1.0
+    c.dino.koleo_weight = 0.1

@@ -18,6 +18,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+# Replica-parallel saving splits every replicated array into one slice per device so that each writes a part. For the
+# many small tensors of a ViT (biases, norms, per-sample tables of a few MB) the slicing costs more than it saves:
+# with 8 devices it was 1,270 slice dispatches and 0.8 s per save of a tiny model. Only arrays whose per-replica
+# slice reaches 4 MiB are split; larger ones still write in parallel.
+MIN_REPLICA_SLICE_BYTES = 4 << 20
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+    override=True)
+
 
 class Checkpointer:
     """Saves and restores the composite training checkpoint of one workdir."""

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from oceansar import embedding, release, sharding
 from oceansar.checkpoint import Checkpointer
+from oceansar.evals import across
 from oceansar.evals.evaluator import Evaluator
 from oceansar.spec import RunSpec
 from oceansar.train import optimizer as optim_lib
@@ -86,8 +87,7 @@ class Experiment:
         """The Experiment of `spec` (see `run_spec`) over a pool of `num_samples` samples."""
         mesh = sharding.make_mesh(spec.num_devices or None)
         tx = optim_lib.make_optimizer(spec.optim)
-        model = nnx.eval_shape(lambda: state_lib.build_model(spec.model, img_size=spec.crops.global_size,
-                                                             seed=spec.seed))
+        model = nnx.eval_shape(lambda: state_lib.build_model(spec))
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)
         if jax.tree.leaves(rest):  # the step closes over `rest`: it must hold no arrays of its own
             raise NotImplementedError("models with non-parameter variables (e.g. batch statistics)")
@@ -165,14 +165,21 @@ class Experiment:
         return self._embed_fns[features]
 
     def evaluate(self, teacher_params, *, names=None, progress: bool = False) -> dict[str, float]:
-        """Runs the named evaluators (all by default) on a teacher; keys are `<evaluator>/<metric>`."""
+        """Runs the named evaluators (all by default) on a teacher; keys are `<evaluator>/<metric>`, plus
+        `mean/knn/...` over the datasets when several evaluators run the same k-NN (`evals.across`)."""
         results: dict[str, float] = {}
         for name in names if names is not None else self.evaluators:
             evaluator = self.evaluators[name]
             embed = self.embed_fn(evaluator.spec.features)
             results |= evaluator(lambda images: embed(teacher_params, images), mesh=self.mesh,
                                  seed=self.spec.seed, progress=progress)
-        return results
+        return results | across.mean_over_datasets(results)
+
+    def headline(self) -> list[tuple[str, str, bool]]:
+        """(metric key, title, higher is better) of the metrics a results table shows: each evaluator's, then
+        the mean over datasets when there is one."""
+        return ([c for e in self.evaluators.values() for c in e.headline()]
+                + across.headline(self.evaluators.values()))
 
     def due_evaluators(self, step: int) -> list[str]:
         """The evaluators whose interval ends at `step` (the end of the budget excluded: evaluated then)."""

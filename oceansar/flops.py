@@ -15,6 +15,7 @@ from typing import Any
 
 from jax.extend import core as jex_core
 
+from oceansar import masking
 from oceansar.models.vit import parse_variant
 
 
@@ -84,23 +85,32 @@ DINO_STEP_FORMULA = (
     "2x forward] + n_global * F(global_size) [teacher forward]; F(s) = 2 * [N p^2 C D + L (T (4 D^2 + 2 D M) + "
     "2 T^2 D) + sum_i(d_i d_(i+1)) + Bn K] with N = (s/p)^2 patches, T = N + 1 tokens, width D, MLP width M, depth "
     "L, C input channels, head MLP dims d = [D, H, ..., H, Bn] and K prototypes; 2 FLOPs per multiply-accumulate, "
-    "matmuls only (attention QK^T and AV included)")
+    "matmuls only (attention QK^T and AV included). With iBOT, every global crop's forward (student and teacher) also "
+    "runs the patch head on k gathered patch tokens: F(global_size) + k * 2 * [sum_i(d_i d_(i+1)) + Bn K_p], K_p the "
+    "patch prototypes")
 
 
-def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int) -> dict[str, int]:
-    """Analytic model FLOPs per training sample of one DINO step (see `DINO_STEP_FORMULA`).
+def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int, patch_tokens: int = 0,
+                    patch_out_dim: int = 0) -> dict[str, int]:
+    """Analytic model FLOPs per training sample of one DINO (or DINOv2) step (see `DINO_STEP_FORMULA`).
 
     Args:
         model_config: `config.model` (variant, in_channels, hidden_dim, bottleneck_dim, out_dim).
         crops_config: `config.crops` (global_size, local_size, n_global, n_local).
         nlayers: DINO head MLP depth.
+        patch_tokens: iBOT: patch tokens per global crop that go through the patch head (0: no iBOT term).
+        patch_out_dim: iBOT: prototypes of the patch head (the DINO head's when shared).
 
     Returns:
         forward FLOPs of one global and one local crop, the student's forward + backward, the teacher's forward and
         their sum, all per sample.
     """
     c = crops_config
-    f_global = dino_model_forward_flops(model_config, c.global_size, nlayers=nlayers)
+    width = parse_variant(model_config.variant)["width"]
+    patch_head = patch_tokens * head_forward_flops(
+        width, hidden_dim=model_config.hidden_dim, bottleneck_dim=model_config.bottleneck_dim,
+        out_dim=patch_out_dim or model_config.out_dim, nlayers=nlayers) if patch_tokens else 0
+    f_global = dino_model_forward_flops(model_config, c.global_size, nlayers=nlayers) + patch_head
     f_local = dino_model_forward_flops(model_config, c.local_size, nlayers=nlayers) if c.n_local else 0
     student_forward = c.n_global * f_global + c.n_local * f_local
     teacher = c.n_global * f_global
@@ -112,6 +122,16 @@ def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int) -> di
         "teacher_forward": teacher,
         "total": 3 * student_forward + teacher,
     }
+
+
+def run_step_flops(spec: Any, *, nlayers: int) -> dict[str, int]:
+    """`dino_step_flops` of a `RunSpec`'s model, crops and objective (the iBOT patch head when its term is on)."""
+    tokens, patch_out_dim = 0, 0
+    if spec.ibot.enabled:
+        grid = spec.crops.global_size // parse_variant(spec.model.variant)["patch"]
+        tokens = masking.max_masked(grid * grid, spec.ibot.mask_ratio)
+        patch_out_dim = spec.ibot.out_dim if spec.ibot.separate_head else spec.model.out_dim
+    return dino_step_flops(spec.model, spec.crops, nlayers=nlayers, patch_tokens=tokens, patch_out_dim=patch_out_dim)
 
 
 def multicrop_flops(crops_config: Any, *, image_size: int, in_channels: int) -> int:

@@ -2,10 +2,10 @@
 
 A recipe (`configs/*.py`) is an ml_collections ConfigDict; the library never reads it field by field.
 `RunSpec.from_config(config)` turns each block into its dataclass (`DataSpec`, `ModelSpec`, the crops'
-`augment.MultiCropSpec`, `DinoSpec`, `OptimSpec`, `PruningSpec`, one `EvalSpec` per named evaluator),
-refusing a missing or unknown field and any invalid value with a message that names the field
-(`config.pruning.rho: ...`), before anything is built or compiled. Defaults live only in `configs/`:
-no field here has one. Cross-block rules (crop sizes against the patch size, batch sizes against the
+`augment.MultiCropSpec`, `DinoSpec`, `IbotSpec`, `OptimSpec`, `ScheduleSpec`, `PruningSpec`, one `EvalSpec` per
+named evaluator), refusing a missing or unknown field and any invalid value with a message that names
+the field (`config.pruning.rho: ...`), before anything is built or compiled. Defaults live only in
+`configs/`: no field here has one. Cross-block rules (crop sizes against the patch size, batch sizes against the
 devices) are checked by `RunSpec.check`.
 """
 from __future__ import annotations
@@ -26,6 +26,9 @@ PROBES = ("knn", "linear", "regression")
 FEATURES = ("cls", "cls+mean_patch")
 PRUNING_FEATURES = FEATURES + ("copy_descriptors",)
 DTYPES = ("float32", "bfloat16", "float16")
+CENTERINGS = ("ema", "sinkhorn_knopp")
+SCHEDULES = ("cosine", "wsd")
+DECAY_SHAPES = ("cosine", "linear", "1-sqrt")
 SUBSET_POLICIES = ("none", "random", "static", "cluster_balanced")
 LOSS_RULES = ("infobatch",)
 POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLICIES[1:] for r in LOSS_RULES)
@@ -175,7 +178,7 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DinoSpec:
-    """The DINO objective (`config.dino`, arXiv 2104.14294)."""
+    """The image-level objective (`config.dino`): DINO's CLS loss (arXiv 2104.14294) and DINOv2's KoLeo."""
 
     student_temp: float
     teacher_temp: float
@@ -183,6 +186,9 @@ class DinoSpec:
     teacher_temp_warmup_examples: int
     center_momentum: float
     teacher_momentum: float
+    centering: str             # ema (DINO) | sinkhorn_knopp (DINOv2), for the CLS and the patch targets
+    sinkhorn_iterations: int
+    koleo_weight: float        # DINOv2: 0.1; 0 = off
 
     def __post_init__(self):
         for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
@@ -190,6 +196,62 @@ class DinoSpec:
         for name in ("center_momentum", "teacher_momentum"):
             _require(0 <= getattr(self, name) <= 1, name, "must be in [0, 1]")
         _require(self.teacher_temp_warmup_examples >= 0, "teacher_temp_warmup_examples", "must be >= 0")
+        _require(self.centering in CENTERINGS, "centering", f"{self.centering!r} is not one of {CENTERINGS}")
+        _require(self.sinkhorn_iterations >= 1, "sinkhorn_iterations", "must be >= 1")
+        _require(self.koleo_weight >= 0, "koleo_weight", f"must be >= 0, got {self.koleo_weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class IbotSpec:
+    """iBOT's masked-patch objective (`config.ibot`, arXiv 2111.07832), DINOv2's second term."""
+
+    weight: float              # lambda2 (1 in iBOT and DINOv2); 0 = off, nothing masked or computed
+    mask_probability: float    # share of global crops that are masked (0.5)
+    mask_ratio: tuple[float, ...]  # (lo, hi) masked fraction of a masked crop (0.1, 0.5)
+    student_temp: float
+    teacher_temp: float        # patch tau_t after warm-up (0.07), warmed up with dino's
+    warmup_teacher_temp: float
+    center_momentum: float     # iBOT's center2 EMA (ema centring only)
+    separate_head: bool        # False: the DINO head also maps patches (iBOT shared_head, DINOv2 default)
+    out_dim: int               # prototypes of the separate head
+
+    def __post_init__(self):
+        _require(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        _require(0 <= self.mask_probability <= 1, "mask_probability", "must be in [0, 1]")
+        _require(len(self.mask_ratio) == 2 and 0 < self.mask_ratio[0] <= self.mask_ratio[1] < 1, "mask_ratio",
+                 f"must be (lo, hi) with 0 < lo <= hi < 1, got {self.mask_ratio}")
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _require(getattr(self, name) > 0, name, "must be > 0")
+        _require(0 <= self.center_momentum <= 1, "center_momentum", "must be in [0, 1]")
+        _require(self.out_dim > 0, "out_dim", f"must be positive, got {self.out_dim}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+    """Which schedule drives each scheduled quantity (`config.schedules`).
+
+    cosine: DINO's (lr warm-up then cosine to min_lr; weight decay and teacher momentum cosine from start to end).
+    wsd: warmup-stable-decay (MiniCPM, arXiv 2404.06395; Less-is-More's choice): the lr warms up to its peak,
+    weight decay and momentum hold their start values; all hold until the last `decay_fraction` of the budget,
+    then move to their end values along `decay_shape`.
+    """
+
+    lr: str                    # cosine | wsd
+    weight_decay: str
+    teacher_momentum: str
+    decay_fraction: float      # wsd: share of the budget spent decaying (MiniCPM: about 0.1)
+    decay_shape: str           # wsd: cosine | linear | 1-sqrt
+
+    def __post_init__(self):
+        for name in ("lr", "weight_decay", "teacher_momentum"):
+            _require(getattr(self, name) in SCHEDULES, name, f"{getattr(self, name)!r} is not one of {SCHEDULES}")
+        _require(0 < self.decay_fraction <= 1, "decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
+        _require(self.decay_shape in DECAY_SHAPES, "decay_shape",
+                 f"{self.decay_shape!r} is not one of {DECAY_SHAPES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +385,9 @@ class RunSpec:
     model: ModelSpec
     crops: MultiCropSpec
     dino: DinoSpec
+    ibot: IbotSpec
     optim: OptimSpec
+    schedules: ScheduleSpec
     pruning: PruningSpec
     evals: Mapping[str, EvalSpec]
 
@@ -331,7 +395,7 @@ class RunSpec:
     def from_config(cls, config, *, num_devices: int | None = None, process_count: int = 1) -> "RunSpec":
         """Builds and validates the spec of a recipe; with `num_devices`, also against the devices."""
         blocks = {"data": DataSpec, "model": ModelSpec, "crops": MultiCropSpec, "dino": DinoSpec,
-                  "optim": OptimSpec, "pruning": PruningSpec}
+                  "ibot": IbotSpec, "optim": OptimSpec, "schedules": ScheduleSpec, "pruning": PruningSpec}
         top = {k: config[k] for k in config.keys() if k not in APP_BLOCKS}
         values = {k: build(spec_cls, top.pop(k, {}), k) if k in top else None
                   for k, spec_cls in blocks.items()}
@@ -383,7 +447,7 @@ class RunSpec:
 
 def _top_fields() -> list[tuple[str, Any]]:
     hints = typing.get_type_hints(RunSpec)
-    blocks = ("data", "model", "crops", "dino", "optim", "pruning", "evals")
+    blocks = ("data", "model", "crops", "dino", "ibot", "optim", "schedules", "pruning", "evals")
     return [(f.name, hints[f.name]) for f in dataclasses.fields(RunSpec) if f.name not in blocks]
 
 

@@ -1,11 +1,12 @@
-"""DINO loss, centering, collapse monitors and KoLeo against small numpy references."""
+"""DINO loss, EMA centering, collapse monitors and KoLeo against small numpy references."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from oceansar.losses.dino import collapse_monitors, dino_loss, update_center
+from oceansar.losses.centering import teacher_probs, update_center
+from oceansar.losses.dino import collapse_monitors, dino_loss
 from oceansar.losses.koleo import koleo_loss
 
 B, K = 5, 7
@@ -38,13 +39,13 @@ def test_dino_loss_matches_reference(n_global, n_local):
     teacher, s_global, s_local = _logits(rng, n_global), _logits(rng, n_global), _logits(rng, n_local)
     center = rng.normal(size=(1, K)).astype(np.float32)
     ref = _reference(np.concatenate([s_global, s_local]), teacher, center, 0.1, 0.04)
-    per_sample, aux = dino_loss([s_global, s_local], teacher, center, student_temp=0.1, teacher_temp=0.04)
+    per_sample, aux = dino_loss([s_global, s_local], teacher_probs(teacher, center, 0.04), student_temp=0.1)
     assert per_sample.shape == (B,)
     np.testing.assert_allclose(per_sample, ref, rtol=1e-5)
     # The batch mean is the reference's scalar loss (mean over pairs of batch means).
     np.testing.assert_allclose(np.mean(per_sample), np.mean(ref), rtol=1e-5)
-    stacked, _ = dino_loss(np.concatenate([s_global, s_local]), teacher, center[0], student_temp=0.1,
-                           teacher_temp=jnp.float32(0.04))
+    stacked, _ = dino_loss(np.concatenate([s_global, s_local]), teacher_probs(teacher, center[0], jnp.float32(0.04)),
+                           student_temp=0.1)
     np.testing.assert_allclose(stacked, ref, rtol=1e-5)
     assert ("ce_local" in aux) == (n_local > 0)
     n_pairs = n_global * (n_global + n_local - 1)
@@ -58,7 +59,7 @@ def test_dino_loss_gradient_flows_only_to_the_student():
     center = np.zeros((K,), np.float32)
 
     def loss(s, t):
-        return jnp.mean(dino_loss(s, t, center, student_temp=0.1, teacher_temp=0.07)[0])
+        return jnp.mean(dino_loss(s, teacher_probs(t, center, 0.07), student_temp=0.1)[0])
 
     g_s, g_t = jax.grad(loss, argnums=(0, 1))(student, teacher)
     assert np.abs(g_s).max() > 0 and np.abs(g_t).max() == 0
@@ -67,9 +68,9 @@ def test_dino_loss_gradient_flows_only_to_the_student():
 def test_dino_loss_rejects_bad_layouts():
     t = np.zeros((2, B, K), np.float32)
     with pytest.raises(ValueError, match="global crops"):
-        dino_loss([np.zeros((3, B, K), np.float32)], t, np.zeros(K), student_temp=0.1, teacher_temp=0.04)
+        dino_loss([np.zeros((3, B, K), np.float32)], t, student_temp=0.1)
     with pytest.raises(ValueError, match="no \\(teacher, student\\) pair"):
-        dino_loss(t[:1], t[:1], np.zeros(K), student_temp=0.1, teacher_temp=0.04)
+        dino_loss(t[:1], t[:1], student_temp=0.1)
 
 
 def test_update_center_matches_reference():
@@ -92,21 +93,21 @@ def test_update_center_all_reduces_under_batch_sharding():
 
 def test_collapse_monitors_uniform_versus_peaked():
     center = np.zeros((K,), np.float32)
-    uniform = collapse_monitors(np.zeros((2, B, K), np.float32), center, 0.04)
+    monitors = lambda t, **kw: collapse_monitors(teacher_probs(t, center, 0.04), **kw)  # noqa: E731
+    uniform = monitors(np.zeros((2, B, K), np.float32))
     np.testing.assert_allclose(uniform["teacher_entropy"], np.log(K), rtol=1e-5)
     np.testing.assert_allclose(uniform["teacher_kl_to_uniform"], 0.0, atol=1e-6)
     # Every sample sure of prototype 0: entropy 0, mean distribution one-hot, KL = log K.
-    peaked = collapse_monitors(np.broadcast_to(100.0 * np.eye(K)[0], (2, B, K)), center, 0.04)
+    peaked = monitors(np.broadcast_to(100.0 * np.eye(K)[0], (2, B, K)))
     np.testing.assert_allclose(peaked["teacher_entropy"], 0.0, atol=1e-5)
     np.testing.assert_allclose(peaked["teacher_kl_to_uniform"], np.log(K), rtol=1e-5)
     # Samples sure of different prototypes, used evenly: entropy 0 and KL 0.
-    spread = collapse_monitors(100.0 * np.eye(K)[None].repeat(2, 0), center, 0.04)
+    spread = monitors(100.0 * np.eye(K)[None].repeat(2, 0))
     np.testing.assert_allclose(spread["teacher_entropy"], 0.0, atol=1e-5)
     np.testing.assert_allclose(spread["teacher_kl_to_uniform"], 0.0, atol=1e-5)
     feats = np.random.default_rng(2).normal(size=(2, B, 16)).astype(np.float32)
-    healthy = collapse_monitors(np.zeros((2, B, K)), center, 0.04, student_embeddings=feats)
-    collapsed = collapse_monitors(np.zeros((2, B, K)), center, 0.04,
-                                  student_embeddings=np.broadcast_to(feats[0, 0], feats.shape))
+    healthy = monitors(np.zeros((2, B, K)), student_embeddings=feats)
+    collapsed = monitors(np.zeros((2, B, K)), student_embeddings=np.broadcast_to(feats[0, 0], feats.shape))
     assert healthy["student_feature_std"] > 0.1 and collapsed["student_feature_std"] < 1e-6
 
 

@@ -73,20 +73,25 @@ def test_dino_step_composition():
     assert no_local["total"] == 8 * f["forward_global_crop"]
 
 
-def test_train_step_traced_matmuls_close_to_analytic(smoke_config):
+@pytest.mark.parametrize("objective", ["dino", "dinov2"])
+def test_train_step_traced_matmuls_close_to_analytic(smoke_config, objective):
     # The real step's traced dot/conv count against 3x student + teacher + multi-crop: the backward is not exactly
     # 2x forward (no input gradient for the patch embedding, the position-embedding resize), so a few percent apart.
+    # DINOv2 adds the patch head on the gathered tokens and KoLeo's [B, B] similarity (not model FLOPs).
+    from configs import common
     from oceansar.experiment import Experiment, run_spec
     from oceansar.train import step as step_lib
 
     config = smoke_config
+    if objective == "dinov2":
+        common.dinov2_objective(config)
     # The Experiment's abstract state: tracing needs shapes only, a concrete init costs seconds of eager compiles.
     exp = Experiment.build(run_spec(config), num_samples=config.data.num_samples)
     state = exp.abstract_state
     train_step = step_lib.make_train_step(exp.graphdef, exp.rest, exp.tx, exp.spec, exp.budget)
     b, s = config.batch_size, config.data.image_size
     traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(train_step)(state, exp.batch_spec(jnp.uint8))) / b
-    analytic = flops.dino_step_flops(config.model, config.crops, nlayers=len(state.params["head"]["mlp"]))["total"]
+    analytic = flops.run_step_flops(exp.spec, nlayers=len(state.params["head"]["mlp"]))["total"]
     augment_flops = flops.multicrop_flops(config.crops, image_size=s, in_channels=1)
     assert traced == pytest.approx(analytic + augment_flops, rel=0.05)
 

@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 
 import launch
+from configs import common
 from conftest import subprocess_env
 from oceansar import release, sharding
 from oceansar.apps.pretrain import pretrain
@@ -65,14 +66,19 @@ def test_launch_smoke_end_to_end(tmp_path, capsys):
     assert "wv/knn/top1_k20" in capsys.readouterr().out
 
 
-def _resume_config(smoke_config):
+RESUME = {"data.num_samples": 64,  # 3 steps per epoch with rho=0.75: resumes cross epochs
+          "pruning.policy": "random", "pruning.rho": 0.75, "checkpoint_every_steps": 4,
+          "evals.wv.every_examples": 0, "eval_at_init": False}
+# The kill -9 test trains the DINOv2 objective with a separate patch head: the largest train state (iBOT centre and
+# head) must come back bit for bit too. test_faults resumes the DINO objective after SIGTERM.
+DINOV2 = {"ibot.weight": 1.0, "ibot.separate_head": True, "ibot.out_dim": 64, "dino.koleo_weight": 0.1}
+
+
+def _resume_config(smoke_config, dinov2=False):
     c = smoke_config
-    c.data.num_samples = 64          # 3 steps per epoch with rho=0.75: resumes cross epochs
-    c.pruning.policy = "random"
-    c.pruning.rho = 0.75
-    c.checkpoint_every_steps = 4
-    c.evals.wv.every_examples = 0
-    c.eval_at_init = False
+    for field, value in (RESUME | DINOV2 if dinov2 else RESUME).items():
+        block, _, name = field.rpartition(".")
+        (c[block] if block else c)[name] = value
     return c
 
 
@@ -82,16 +88,14 @@ def _final_state(workdir, config):
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
-    config = _resume_config(smoke_config)
+    config = _resume_config(smoke_config, dinov2=True)
     pretrain(config, tmp_path / "straight")
 
     # The same command in a subprocess, killed with SIGKILL once a mid-run checkpoint exists.
     killed = tmp_path / "killed"
     env = subprocess_env()
     argv = [sys.executable, "launch.py", "--config=configs/default.py:smoke", f"--workdir={killed}",
-            "--config.data.num_samples=64", "--config.pruning.policy=random", "--config.pruning.rho=0.75",
-            "--config.checkpoint_every_steps=4", "--config.evals.wv.every_examples=0",
-            "--config.eval_at_init=False"]
+            *[f"--config.{k}={v}" for k, v in (RESUME | DINOV2).items()]]
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -135,8 +139,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config, m
     assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
-def test_one_device_equals_eight(smoke_config):
+@pytest.mark.parametrize("objective", ["dino", "dinov2"])
+def test_one_device_equals_eight(smoke_config, objective):
     config = smoke_config
+    if objective == "dinov2":  # iBOT masks, Sinkhorn-Knopp and KoLeo all reduce over the global batch
+        common.dinov2_objective(config)
+        config.dino.centering = "sinkhorn_knopp"
     spec = run_spec(config)
     source = sources.make_pretrain_source(spec.data, seed=config.seed)
     batches = list(iter(pipeline.epoch_dataset(source, Selection.full(len(source)), seed=0, epoch=0,

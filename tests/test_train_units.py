@@ -114,9 +114,10 @@ def test_unknown_and_missing_fields_are_named():
 
 
 def test_default_configs_are_valid():
-    from configs import compare, oceansar1
+    from configs import compare, less_is_more, oceansar1, oceansar2
 
     for config in (default.get_config(""), default.get_config("smoke"), default.get_config("variant=Ti/8"),
-                   oceansar1.get_config("smoke"), compare.get_config("smoke")):
+                   oceansar1.get_config("smoke"), compare.get_config("smoke"), oceansar2.get_config(""),
+                   oceansar2.get_config("smoke"), less_is_more.get_config(""), less_is_more.get_config("smoke")):
         spec = RunSpec.from_config(config, num_devices=8)
         assert spec.crops.global_size == config.crops.global_size and set(spec.evals) == set(config.evals)

@@ -53,7 +53,7 @@ def _summary(exp: Experiment, source, trained: loop.Trained, final: dict[str, fl
                     "kept_fraction": round(len(run.served) / exp.num_samples, 4),
                     "distinct_seen_fraction": round(float(
                         (jax.device_get(trained.state.loss_stats["count"]) > 0).mean()), 4)},
-        "evaluated": [list(c) for e in exp.evaluators.values() for c in e.headline()],
+        "evaluated": [list(c) for c in exp.headline()],
         "final": final}
 
 

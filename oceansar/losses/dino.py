@@ -5,13 +5,12 @@ Pure functions over arrays, float32 math, jit-friendly. The loss comes back per 
 EMA and collapse monitors. Temperature schedules and the EMA of the teacher weights live in the train step.
 
 Crop layout (what `oceansar.augment.multicrop` and `DINOModel` produce):
-    teacher logits            [n_global, B, K]   global crops only
+    teacher targets           [n_global, B, K]   global crops only (probabilities)
     student logits, globals   [n_global, B, K]   same crop order as the teacher
     student logits, locals    [n_local,  B, K]   n_local may be 0
 
 Distributed reduction: under `jax.jit` with the batch axis sharded by a `NamedSharding`, a `jnp.mean` over the batch
-axis is the mean over the global batch (all devices); no `pmean` is needed. Only inside `shard_map` would the mean be
-per device.
+axis is the mean over the global batch (all devices); no `pmean` is needed.
 """
 from __future__ import annotations
 
@@ -36,35 +35,32 @@ def _split_student(student_logits: Sequence[jax.Array] | jax.Array, n_global: in
     return s_global, s_local
 
 
-def dino_loss(student_logits: Sequence[jax.Array] | jax.Array, teacher_logits: jax.Array, center: jax.Array, *,
-              student_temp: float, teacher_temp: float | jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def dino_loss(student_logits: Sequence[jax.Array] | jax.Array, teacher_p: jax.Array, *,
+              student_temp: float) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Per-sample DINO loss.
 
-    P_q = softmax((t_q - center) / teacher_temp) (no gradient), log Q_v = log_softmax(s_v / student_temp); the loss of
-    sample b is the mean over pairs (q global, v any crop, v != q) of -sum_k P_q[b, k] log Q_v[b, k].
+    log Q_v = log_softmax(s_v / student_temp); the loss of sample b is the mean over pairs (q global, v any crop,
+    v != q) of -sum_k P_q[b, k] log Q_v[b, k].
 
     Args:
         student_logits: [globals [n_global, B, K], locals [n_local, B, K]] (locals optional), or one array
             [n_global + n_local, B, K] with the global crops first in the teacher's order.
-        teacher_logits: [n_global, B, K] raw (uncentred) teacher logits.
-        center: [K] or [1, K] running centre.
+        teacher_p: [n_global, B, K] teacher target distributions P_q (`centering.teacher_probs`, DINO's
+            softmax((t - center) / tau_t), or `centering.sinkhorn_knopp`); no gradient flows into them.
         student_temp: tau_s (0.1).
-        teacher_temp: tau_t, a Python float or a traced scalar (schedules pass it in without recompiling).
 
     Returns:
         per_sample: [B] float32, whose batch mean is DINO's scalar loss.
         aux: {"ce_global": mean CE over global-global pairs, "ce_local": over global-local pairs (when n_local > 0)},
             unweighted batch means for logging.
     """
-    n_global = teacher_logits.shape[0]
+    n_global = teacher_p.shape[0]
     s_global, s_local = _split_student(student_logits, n_global)
     n_local = s_local.shape[0]
     n_pairs = n_global * (n_global + n_local - 1)
     if n_pairs == 0:
         raise ValueError("dino_loss: one global crop and no local crops leave no (teacher, student) pair")
-    center = jnp.reshape(center, (-1,)).astype(jnp.float32)
-    p = jax.nn.softmax((teacher_logits.astype(jnp.float32) - center) / teacher_temp, axis=-1)
-    p = jax.lax.stop_gradient(p)
+    p = jax.lax.stop_gradient(teacher_p.astype(jnp.float32))
     p_sum = jnp.sum(p, axis=0)  # [B, K]
     log_q_global = jax.nn.log_softmax(s_global.astype(jnp.float32) / student_temp, axis=-1)
     # Pairs (q, v) with v global, v != q: the sum over q != v of P_q is p_sum - P_v.
@@ -81,41 +77,31 @@ def dino_loss(student_logits: Sequence[jax.Array] | jax.Array, teacher_logits: j
     return total / n_pairs, aux
 
 
-def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float | jax.Array = 0.9) -> jax.Array:
-    """Centre EMA: momentum * center + (1 - momentum) * mean of the raw teacher logits over crops and batch.
-
-    Call it after the loss with the same teacher logits. Under jit with a sharded batch the mean is global (see the
-    module docstring), matching DINO's all-reduce. Returns the new centre in `center`'s shape and dtype.
-    """
-    t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
-    # Reduce over (crop, batch) without reshaping them into one axis: merging a replicated crop axis with a sharded
-    # batch axis would make XLA all-gather the whole [n_global, B, K] tensor instead of all-reducing [K].
-    batch_center = jnp.mean(t, axis=tuple(range(t.ndim - 1)))
-    new = momentum * jnp.reshape(center, (-1,)).astype(jnp.float32) + (1.0 - momentum) * batch_center
-    return new.reshape(center.shape).astype(center.dtype)
-
-
-def collapse_monitors(teacher_logits: jax.Array, center: jax.Array, teacher_temp: float | jax.Array, *,
+def collapse_monitors(teacher_p: jax.Array, *, valid: jax.Array | None = None,
                       student_embeddings: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Scalars that reveal the two DINO collapse modes.
+    """Scalars that reveal the two DINO collapse modes, from the teacher's targets.
+
+    Args:
+        teacher_p: [..., K] teacher target distributions (CLS [n_global, B, K], or patches [..., k, K]).
+        valid: optional bool over the leading axes: only these targets count (iBOT's masked patches).
+        student_embeddings: optional [..., D] student features.
 
     Returns:
         teacher_entropy: mean per-sample entropy of P (nats). Near 0: every sample is one-hot (sharpening wins);
             near log K: P is uniform per sample (centering wins).
-        teacher_kl_to_uniform: KL(mean_b P || uniform) = log K - H(mean P). Near log K: all samples pick the same
+        teacher_kl_to_uniform: KL(mean P || uniform) = log K - H(mean P). Near log K: all samples pick the same
             prototype; near 0: prototypes are used evenly.
-        student_feature_std: when `student_embeddings` [..., D] is given, the mean over dimensions of the per-dimension
+        student_feature_std: when `student_embeddings` is given, the mean over dimensions of the per-dimension
             std of the L2-normalised vectors (about 1/sqrt(D) when healthy, 0 under dimensional collapse).
     """
-    center = jnp.reshape(center, (-1,)).astype(jnp.float32)
-    t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
-    log_p = jax.nn.log_softmax((t - center) / teacher_temp, axis=-1)
-    p = jnp.exp(log_p)
-    k = t.shape[-1]
-    entropy = -jnp.sum(p * log_p, axis=-1)
-    p_mean = jnp.mean(p, axis=tuple(range(p.ndim - 1)))
+    p = jax.lax.stop_gradient(teacher_p).astype(jnp.float32)
+    k = p.shape[-1]
+    w = jnp.ones(p.shape[:-1], jnp.float32) if valid is None else valid.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    entropy = -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=-1)
+    p_mean = jnp.sum(p * w[..., None], axis=tuple(range(p.ndim - 1))) / n
     kl = jnp.sum(p_mean * (jnp.log(jnp.maximum(p_mean, 1e-30)) + jnp.log(k)))
-    out = {"teacher_entropy": jnp.mean(entropy), "teacher_kl_to_uniform": kl}
+    out = {"teacher_entropy": jnp.sum(entropy * w) / n, "teacher_kl_to_uniform": kl}
     if student_embeddings is not None:
         e = jax.lax.stop_gradient(student_embeddings).astype(jnp.float32)
         e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)

@@ -2,11 +2,12 @@
 
 `DINOHead` is DINO's head: a GELU MLP to a bottleneck, L2 normalisation, then a weight-normalised linear layer with
 no bias whose columns are the prototypes. `DINOModel` runs the ViT and the head on a stack of crops of one resolution
-([n_crops, B, H, W, C]), so the global and local stacks are two calls with two static shapes. Losses, centering and
-the teacher EMA live elsewhere.
+([n_crops, B, H, W, C]), so the global and local stacks are two calls with two static shapes. For iBOT it also runs a
+head on gathered patch tokens: the same head (iBOT's `shared_head`, DINOv2's default) or a separate `ibot_head`.
+Losses, centering and the teacher EMA live elsewhere.
 
-The prototype layer's parameters live at `("head", "last_layer", "kernel")` (and `("head", "last_layer", "scale")`
-when `norm_last_layer=False`) in a `DINOModel`: DINO freezes exactly these for the first epoch.
+The prototype layers' parameters live at `("head", "last_layer", ...)` and `("ibot_head", "last_layer", ...)` in a
+`DINOModel`: DINO and iBOT freeze exactly these for the first epoch.
 """
 from __future__ import annotations
 
@@ -101,31 +102,42 @@ class DINOHead(nnx.Module):
 
 
 class DINOModel(nnx.Module):
-    """ViT backbone + DINO head; the student and the teacher are two instances of it."""
+    """ViT backbone + DINO head (+ an optional separate iBOT patch head); the student and the teacher are two
+    instances of it."""
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int = 1, out_dim: int = 65536,
                  hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True,
-                 drop_path_rate: float = 0.0, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        """Builds backbone and head (see `ViT` and `DINOHead` for the arguments)."""
+                 drop_path_rate: float = 0.0, patch_out_dim: int = 0, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        """Builds backbone and heads (see `ViT` and `DINOHead` for the arguments).
+
+        Args:
+            patch_out_dim: 0 runs patch tokens through the DINO head (shared); > 0 builds a separate `ibot_head`
+                with that many prototypes and the DINO head's other dimensions.
+        """
         self.backbone = ViT(variant, img_size=img_size, in_channels=in_channels, drop_path_rate=drop_path_rate,
                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.head = DINOHead(self.backbone.embed_dim, out_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
-                             nlayers=nlayers, norm_last_layer=norm_last_layer, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
+        head = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, nlayers=nlayers,
+                    norm_last_layer=norm_last_layer, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.head = DINOHead(self.backbone.embed_dim, out_dim, **head)
+        self.ibot_head = DINOHead(self.backbone.embed_dim, patch_out_dim, **head) if patch_out_dim else None
         self.out_dim = out_dim
 
     def __call__(self, crops: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
-                 masks: jax.Array | None = None) -> dict[str, jax.Array]:
+                 masks: jax.Array | None = None, patch_positions: jax.Array | None = None) -> dict[str, jax.Array]:
         """Runs backbone and head on a stack of same-size crops.
 
         Args:
             crops: [n_crops, B, H, W, C], the layout `oceansar.augment.multicrop` returns. n_crops may be 0.
             train: enables stochastic depth (student); the teacher runs with train=False.
             rngs: stochastic-depth randomness.
-            masks: optional [n_crops, B, N] bool patch masks (iBOT).
+            masks: optional [n_crops, B, N] bool patch masks (iBOT): masked patch embeddings become the mask token.
+            patch_positions: optional [n_crops, B, k] int patch indices whose tokens also go through the patch head
+                (`oceansar.masking.masked_positions`); the head never runs on all N patches.
 
         Returns:
-            {"logits": [n_crops, B, K] float32, "cls": [n_crops, B, D] backbone CLS after the final norm}.
+            {"logits": [n_crops, B, K] float32, "cls": [n_crops, B, D] backbone CLS after the final norm}, and
+            "patch_logits" [n_crops, B, k, K_patch] float32 when `patch_positions` is given.
         """
         if crops.ndim != 5:
             raise ValueError(f"DINOModel input must be [n_crops, B, H, W, C], got shape {crops.shape}")
@@ -134,10 +146,12 @@ class DINOModel(nnx.Module):
             return {"logits": jnp.zeros((0, b, self.out_dim), jnp.float32),
                     "cls": jnp.zeros((0, b, self.backbone.embed_dim), jnp.float32)}
         # Batch-major flattening keeps a batch sharded over devices contiguous per device after the reshape.
-        x = jnp.swapaxes(crops, 0, 1).reshape(b * n, *crops.shape[2:])
-        if masks is not None:
-            masks = jnp.swapaxes(masks, 0, 1).reshape(b * n, -1)
-        cls = self.backbone(x, train=train, rngs=rngs, masks=masks)["cls"]
-        logits = self.head(cls)
-        return {"logits": jnp.swapaxes(logits.reshape(b, n, -1), 0, 1),
-                "cls": jnp.swapaxes(cls.reshape(b, n, -1), 0, 1)}
+        flat = lambda a: jnp.swapaxes(a, 0, 1).reshape(b * n, *a.shape[2:])  # noqa: E731
+        unflat = lambda a: jnp.swapaxes(a.reshape(b, n, *a.shape[1:]), 0, 1)  # noqa: E731
+        out = self.backbone(flat(crops), train=train, rngs=rngs, masks=None if masks is None else flat(masks))
+        result = {"logits": unflat(self.head(out["cls"])), "cls": unflat(out["cls"])}
+        if patch_positions is not None:
+            tokens = jnp.take_along_axis(out["patch"], flat(patch_positions)[..., None], axis=1)  # [b n, k, D]
+            head = self.ibot_head if self.ibot_head is not None else self.head
+            result["patch_logits"] = unflat(head(tokens))
+        return result

@@ -1,4 +1,4 @@
-"""The train state: student and teacher parameters, optimizer state, DINO centre, loss statistics.
+"""The train state: student and teacher parameters, optimizer state, DINO and iBOT centres, loss statistics.
 
 Everything is one pytree (`TrainState`) so that the jitted step donates it whole, Orbax saves it
 whole, and sharding rules apply to it whole (replicated over the `data` axis). The NNX graph
@@ -15,7 +15,7 @@ from flax import nnx, struct
 
 from oceansar.models.dino_head import DINOModel
 from oceansar.pruning import loss_stats
-from oceansar.spec import ModelSpec, RunSpec
+from oceansar.spec import RunSpec
 
 
 class TrainState(struct.PyTreeNode):
@@ -23,19 +23,30 @@ class TrainState(struct.PyTreeNode):
     params: Any              # student nnx.State (Params)
     teacher: Any             # teacher nnx.State, EMA of the student, no gradients
     opt_state: optax.OptState
-    center: jax.Array        # [K] EMA of the teacher logits
+    center: jax.Array        # [K] EMA of the teacher CLS logits
+    center_patch: jax.Array  # [K_patch] EMA of the teacher patch logits (iBOT's center2)
     loss_stats: dict         # per-sample loss statistics (oceansar.pruning.loss_stats)
     rng: jax.Array           # raw uint32 key; per-step keys are fold_in(rng, step)
     finite: jax.Array        # bool: every loss so far was finite
 
 
-def build_model(model: ModelSpec, *, img_size: int, seed: int) -> DINOModel:
-    """The student/teacher architecture of a model spec, initialised from `seed`."""
+def build_model(run: RunSpec) -> DINOModel:
+    """The student/teacher architecture of a run, initialised from its seed.
+
+    A separate iBOT patch head exists only when the iBOT term is on and asks for it.
+    """
+    model, ibot = run.model, run.ibot
     return DINOModel(
-        model.variant, img_size=img_size, in_channels=model.in_channels, out_dim=model.out_dim,
+        model.variant, img_size=run.crops.global_size, in_channels=model.in_channels, out_dim=model.out_dim,
         hidden_dim=model.hidden_dim, bottleneck_dim=model.bottleneck_dim,
         norm_last_layer=model.norm_last_layer, drop_path_rate=model.drop_path_rate,
-        dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(seed))
+        patch_out_dim=ibot.out_dim if ibot.enabled and ibot.separate_head else 0,
+        dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(run.seed))
+
+
+def patch_prototypes(run: RunSpec) -> int:
+    """K of the patch head: the separate head's, else the shared DINO head's."""
+    return run.ibot.out_dim if run.ibot.enabled and run.ibot.separate_head else run.model.out_dim
 
 
 def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformation):
@@ -45,7 +56,7 @@ def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformati
       (graphdef, rest, state): `graphdef` and `rest` (non-parameter variables, static) rebuild the
       module with `nnx.merge(graphdef, params, rest)`.
     """
-    model = build_model(run.model, img_size=run.crops.global_size, seed=run.seed)
+    model = build_model(run)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -53,6 +64,7 @@ def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformati
         teacher=jax.tree.map(jnp.copy, params),
         opt_state=tx.init(params),
         center=jnp.zeros((run.model.out_dim,), jnp.float32),
+        center_patch=jnp.zeros((patch_prototypes(run),), jnp.float32),
         loss_stats=loss_stats.init(num_samples),
         rng=jax.random.PRNGKey(run.seed + 1),
         finite=jnp.ones((), jnp.bool_),
@@ -61,9 +73,9 @@ def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformati
 
 
 def last_layer_mask(params) -> Any:
-    """True for the head's prototype layer (`head.last_layer`), frozen at the start of training."""
+    """True for the heads' prototype layers (`head.last_layer`, `ibot_head.last_layer`), frozen at the start."""
     def is_last(path, _):
         keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        return "head" in keys and "last_layer" in keys
+        return ("head" in keys or "ibot_head" in keys) and "last_layer" in keys
     return jax.tree_util.tree_map_with_path(is_last, params)
 

@@ -1,14 +1,18 @@
-"""The DINO train step: one pure function `train_step(state, batch)`, jitted once by the Experiment.
+"""The train step: one pure function `train_step(state, batch)`, jitted once by the Experiment.
 
-On device, in one program: uint8 -> standardised float, multi-crop augmentation, student forward on
-the global and local stacks (two static shapes), teacher forward on the global crops, the weighted
-per-sample DINO loss, per-tensor clipped AdamW with the prototype layer frozen at the start, teacher
-EMA, centering, and the scatter of the per-sample losses into the loss-statistics table. Schedules
-(lr, weight decay, teacher momentum, teacher temperature) are computed here from the step count.
+On device, in one program: uint8 -> standardised float, multi-crop augmentation, iBOT block masks for the
+student's global crops (when `config.ibot.weight` > 0), student forward on the global and local stacks (two static
+shapes), teacher forward on the unmasked global crops, the teacher's targets (EMA centring or Sinkhorn-Knopp), the
+weighted per-sample objective (DINO's CLS loss + iBOT's masked-patch loss per image) plus KoLeo, per-tensor clipped
+AdamW with the prototype layers frozen at the start, teacher EMA, centres, and the scatter of the per-sample losses
+into the loss-statistics table. Schedules (lr, weight decay, teacher momentum: cosine or WSD; teacher temperatures)
+are computed here from the step count. With iBOT and KoLeo off this is DINO's step (arXiv 2104.14294); with both on
+it is DINOv2's objective (arXiv 2304.07193).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -16,8 +20,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from oceansar import augment
-from oceansar.losses import dino
+from oceansar import augment, masking
+from oceansar.losses import centering, dino, ibot, koleo
 from oceansar.pruning import loss_stats
 from oceansar.spec import RunSpec
 from oceansar.train import optimizer as optim_lib
@@ -34,6 +38,7 @@ class Budget:
     warmup_steps: int
     freeze_last_layer_steps: int
     teacher_temp_warmup_steps: int
+    decay_steps: int           # the WSD schedules' decay phase
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> "Budget":
@@ -43,7 +48,38 @@ class Budget:
             total_steps=spec.total_examples // b,
             warmup_steps=spec.optim.warmup_examples // b,
             freeze_last_layer_steps=spec.optim.freeze_last_layer_examples // b,
-            teacher_temp_warmup_steps=spec.dino.teacher_temp_warmup_examples // b)
+            teacher_temp_warmup_steps=spec.dino.teacher_temp_warmup_examples // b,
+            decay_steps=max(1, round(spec.schedules.decay_fraction * (spec.total_examples // b))))
+
+
+def scheduled(step, run: RunSpec, budget: Budget) -> dict[str, jax.Array]:
+    """Learning rate, weight decay, teacher momentum and the CLS / patch teacher temperatures at `step`.
+
+    Each of the first three follows `config.schedules`: DINO's cosine, or WSD (the lr warms up from 0 to its peak,
+    weight decay and momentum hold their start value, and all move to their end value over the last
+    `decay_steps`: lr to min_lr, weight decay to weight_decay_end, momentum to 1).
+    """
+    o, d, s = run.optim, run.dino, run.schedules
+    peak_lr = o.base_lr * budget.batch_size / 256.0
+    total = budget.total_steps
+    wsd = functools.partial(schedules.wsd, decay_steps=budget.decay_steps, total_steps=total, shape=s.decay_shape)
+    if s.lr == "wsd":
+        lr = wsd(step, start=0.0, peak=peak_lr, end=o.min_lr, warmup_steps=budget.warmup_steps)
+    else:
+        lr = schedules.warmup_cosine(step, peak=peak_lr, end=o.min_lr, warmup_steps=budget.warmup_steps,
+                                     total_steps=total)
+    if s.weight_decay == "wsd":
+        wd = wsd(step, start=o.weight_decay, peak=o.weight_decay, end=o.weight_decay_end, warmup_steps=0)
+    else:
+        wd = schedules.cosine(step, start=o.weight_decay, end=o.weight_decay_end, total_steps=total)
+    if s.teacher_momentum == "wsd":
+        momentum = wsd(step, start=d.teacher_momentum, peak=d.teacher_momentum, end=1.0, warmup_steps=0)
+    else:
+        momentum = schedules.cosine(step, start=d.teacher_momentum, end=1.0, total_steps=total)
+    warm = functools.partial(schedules.linear_warmup, step, warmup_steps=budget.teacher_temp_warmup_steps)
+    return {"lr": lr, "weight_decay": wd, "teacher_momentum": momentum,
+            "teacher_temp": warm(start=d.warmup_teacher_temp, end=d.teacher_temp),
+            "teacher_patch_temp": warm(start=run.ibot.warmup_teacher_temp, end=run.ibot.teacher_temp)}
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSpec, budget: Budget, *,
@@ -55,38 +91,51 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
     `update_loss_stats=False` leaves the loss table untouched; it exists so
     `benchmarks/pruning_overhead.py` can price the table update against the same step.
     """
-    spec, d, o = run.crops, run.dino, run.optim
-    peak_lr = o.base_lr * budget.batch_size / 256.0
+    spec, d, ib = run.crops, run.dino, run.ibot
     stats_momentum = run.pruning.loss_stats_momentum
+    grid = spec.global_size // run.model.patch
+    gathered = masking.max_masked(grid * grid, ib.mask_ratio)  # patch-head positions per global crop
+
+    def targets(logits, center, temp, valid=None):
+        if d.centering == "sinkhorn_knopp":
+            return centering.sinkhorn_knopp(logits, temp, valid=valid, iterations=d.sinkhorn_iterations)
+        return centering.teacher_probs(logits, center, temp)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         step = state.step
         key = jax.random.fold_in(state.rng, step)
-        k_aug, k_drop = jax.random.split(key)
+        k_aug, k_drop, k_mask = jax.random.split(key, 3)
         images = augment.standardize(batch["image"], mean=run.data.mean, std=run.data.std)
         globals_, locals_ = augment.multicrop(k_aug, images, spec)
-
-        lr = schedules.warmup_cosine(step, peak=peak_lr, end=o.min_lr,
-                                     warmup_steps=budget.warmup_steps, total_steps=budget.total_steps)
-        wd = schedules.cosine(step, start=o.weight_decay, end=o.weight_decay_end,
-                              total_steps=budget.total_steps)
-        momentum = schedules.cosine(step, start=d.teacher_momentum, end=1.0,
-                                    total_steps=budget.total_steps)
-        teacher_temp = schedules.linear_warmup(step, start=d.warmup_teacher_temp, end=d.teacher_temp,
-                                               warmup_steps=budget.teacher_temp_warmup_steps)
+        sched = scheduled(step, run, budget)
+        masks = positions = valid = None
+        if ib.enabled:
+            masks = masking.block_masks(k_mask, globals_.shape[:2], (grid, grid), probability=ib.mask_probability,
+                                        ratio=ib.mask_ratio)
+            positions, valid = masking.masked_positions(masks, gathered)
 
         teacher = nnx.merge(graphdef, state.teacher, rest)
-        t_out = teacher(globals_, train=False)
-        t_logits = jax.lax.stop_gradient(t_out["logits"])
+        t_out = jax.lax.stop_gradient(teacher(globals_, train=False, patch_positions=positions))
+        t_p = targets(t_out["logits"], state.center, sched["teacher_temp"])
+        if ib.enabled:
+            t_patch_p = targets(t_out["patch_logits"], state.center_patch, sched["teacher_patch_temp"], valid)
 
         def loss_fn(params):
             student = nnx.merge(graphdef, params, rest)
             rngs = nnx.Rngs(dropout=k_drop)
-            s_global = student(globals_, train=True, rngs=rngs)["logits"]
+            s_global = student(globals_, train=True, rngs=rngs, masks=masks, patch_positions=positions)
             s_local = student(locals_, train=True, rngs=rngs)["logits"]
-            per_sample, aux = dino.dino_loss([s_global, s_local], t_logits, state.center,
-                                             student_temp=d.student_temp, teacher_temp=teacher_temp)
+            per_sample, aux = dino.dino_loss([s_global["logits"], s_local], t_p, student_temp=d.student_temp)
+            if ib.enabled:
+                patch, patch_aux = ibot.patch_loss(s_global["patch_logits"], t_patch_p, valid,
+                                                   student_temp=ib.student_temp)
+                aux |= {"ibot/" + k: v for k, v in patch_aux.items()}
+                aux["dino_loss"], aux["ibot_loss"] = jnp.mean(per_sample), jnp.mean(patch)
+                per_sample = per_sample + ib.weight * patch
             loss = jnp.mean(per_sample * batch["weight"])
+            if d.koleo_weight:
+                aux["koleo"] = koleo.koleo_loss(s_global["cls"])
+                loss = loss + d.koleo_weight * aux["koleo"]
             return loss, (per_sample, aux)
 
         (loss, (per_sample, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -95,12 +144,18 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
         zero_frozen = lambda t: jax.tree.map(  # noqa: E731
             lambda x, m: jnp.where(frozen & m, jnp.zeros_like(x), x), t, mask)
         grads = zero_frozen(grads)
-        opt_state = optim_lib.set_hyperparams(state.opt_state, learning_rate=lr, weight_decay=wd)
+        opt_state = optim_lib.set_hyperparams(state.opt_state, learning_rate=sched["lr"],
+                                              weight_decay=sched["weight_decay"])
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, zero_frozen(updates))
+        momentum = sched["teacher_momentum"]
         teacher_params = jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s,
                                       state.teacher, params)
-        center = dino.update_center(state.center, t_logits, d.center_momentum)
+        center, center_patch = state.center, state.center_patch
+        if d.centering == "ema":
+            center = centering.update_center(center, t_out["logits"], d.center_momentum)
+            if ib.enabled:
+                center_patch = centering.update_center(center_patch, t_out["patch_logits"], ib.center_momentum)
         table = state.loss_stats
         if update_loss_stats:
             table = loss_stats.update(table, batch["sample_id"], per_sample, batch["weight"], step,
@@ -110,19 +165,18 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
         metrics = {
             "train/loss": loss,
             "train/loss_unweighted": jnp.mean(per_sample),
-            "train/lr": lr,
-            "train/weight_decay": wd,
-            "train/teacher_momentum": momentum,
-            "train/teacher_temp": teacher_temp,
+            **{f"train/{k}": v for k, v in sched.items() if k != "teacher_patch_temp" or ib.enabled},
             "train/grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
             "train/weight_mean": jnp.mean(batch["weight"]),
         }
         metrics.update({f"train/{k}": v for k, v in aux.items()})
-        metrics.update({f"train/{k}": v for k, v in
-                        dino.collapse_monitors(t_logits, state.center, teacher_temp).items()})
+        metrics.update({f"train/{k}": v for k, v in dino.collapse_monitors(t_p).items()})
+        if ib.enabled:
+            metrics.update({f"train/ibot/{k}": v for k, v in dino.collapse_monitors(t_patch_p, valid=valid).items()})
+            metrics["train/ibot/masked_fraction"] = jnp.mean(masks)
         new_state = state.replace(step=step + 1, params=params, teacher=teacher_params,
-                                  opt_state=opt_state, center=center, loss_stats=table,
-                                  finite=finite)
+                                  opt_state=opt_state, center=center, center_patch=center_patch,
+                                  loss_stats=table, finite=finite)
         return new_state, metrics, per_sample
 
     return train_step
