@@ -88,7 +88,11 @@ def dino_config() -> ml_collections.ConfigDict:
     return c
 
 
+# DINOv2's objective as a patch of a DINO recipe: DINO CLS + iBOT patches (shared head) + KoLeo (arXiv 2304.07193).
+DINOV2 = {"ibot": {"weight": 1.0}, "dino": {"koleo_weight": 0.1}}
+
+
 def dinov2_objective(c: ml_collections.ConfigDict) -> None:
-    """Turns a recipe's objective into DINOv2's: DINO CLS + iBOT patches (shared head) + KoLeo (arXiv 2304.07193)."""
-    c.ibot.weight = 1.0
-    c.dino.koleo_weight = 0.1
+    """Turns a recipe's objective into DINOv2's (`DINOV2`)."""
+    for block, values in DINOV2.items():
+        c[block].update(values)

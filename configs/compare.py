@@ -3,6 +3,8 @@ r"""The equal-compute comparison: full, random, static and dynamic curation, sam
     python launch.py --mode=compare --config=configs/compare.py --workdir=runs/compare
     python launch.py --mode=compare --config=configs/compare.py:scale=8,variant=S/16 --workdir=...  # a GPU
     python launch.py --mode=compare --config=configs/compare.py:smoke --workdir=/tmp/cmp           # seconds
+    python launch.py --mode=compare --config=configs/compare.py:objectives=dino+dinov2 \
+        '--config.compare.methods=("full",)' --workdir=runs/objectives                             # DINO vs DINOv2
 
 Every method trains the default recipe's model (configs/default.py) for the same number of examples
 seen, continuing from one shared full-data warm-up per seed (T_w, ended at an epoch boundary): full
@@ -23,9 +25,17 @@ import ml_collections
 
 from configs import common, curate_hkmeans, curate_semdedup, default
 
+OBJECTIVES = {"dino": {}, "dinov2": common.DINOV2}
+
+
+def _objective(name: str) -> dict:
+    if name not in OBJECTIVES:
+        raise ValueError(f"config arg: unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, scale=1, seeds=2, variant="mu/8", smoke=False)
+    arg = common.parse_arg(arg, scale=1, seeds=2, variant="mu/8", smoke=False, objectives="dino")
     smoke = "smoke" if arg.smoke else ""
     c = default.get_config(",".join(filter(None, [f"variant={arg.variant}", smoke])))
     c.name = "compare"
@@ -44,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         methods=("full", "random", "static_semdedup", "static_hkmeans", "dynamic",
                  "dynamic_infobatch"),
         seeds=tuple(range(int(arg.seeds))),   # each seed draws its own pool, init and data order
+        # The objective axis: name -> patch of this config, each trained from its own warm-up with every
+        # method. dino: the recipe as it is; dinov2: iBOT masked patches + KoLeo (configs.common.DINOV2).
+        objectives={name: _objective(name) for name in arg.objectives.split("+")},
         # Static curation is sized from the pool the run actually has (counted, not data.num_samples):
         # hierarchical k = N/20, N/200, N/2000 (Vo et al., arXiv 2405.15613), and SemDeDup clusters of
         # about 128 points whose eps is found so that the subset keeps pruning.rho of the pool, like every

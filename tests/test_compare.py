@@ -11,7 +11,8 @@ from oceansar.apps import compare
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     c = compare_config.get_config("smoke,seeds=1")
-    c.compare.methods = tuple(m for m in compare.METHODS if m != "dynamic_infobatch")  # that rule: test_policies
+    # The random subset and InfoBatch run in test_policies and test_train_loop.
+    c.compare.methods = tuple(m for m in compare.METHODS if m not in ("random", "dynamic_infobatch"))
     workdir = tmp_path_factory.mktemp("compare")
     raw = compare.compare(c, workdir)
     return c, workdir, raw
@@ -102,3 +103,28 @@ def test_compare_on_a_redundant_folder_pool_without_regression_targets(tmp_path)
     assert pool["near_duplicate_share"] > 0.2 and raw["runs"]["full/seed0"]["engagement"] == pool
     # The evaluator sees the planted classes (4 patterns under noise): far above chance for every run.
     assert all(r["final"]["wv/knn/top1_k1"] > 0.6 for r in raw["runs"].values())
+
+
+def test_objective_axis_trains_dino_and_dinov2_from_their_own_warmups(tmp_path):
+    c = compare_config.get_config("smoke,seeds=1,objectives=dino+dinov2")
+    c.compare.methods = ("full",)
+    c.total_examples = 16 * 8
+    c.evals.wv.every_examples = 16 * 8
+    c.evals.wv.probes = ("knn",)
+    raw = compare.compare(c, tmp_path)
+    assert raw["objectives"] == ["dino", "dinov2"]
+    for objective, ibot_weight in (("dino", 0.0), ("dinov2", 1.0)):
+        config = json.loads((tmp_path / "seed0" / objective / "full" / "config.json").read_text())
+        assert config["ibot"]["weight"] == ibot_weight and config["seed"] == 0
+        warm = json.loads((tmp_path / "seed0" / objective / "warmup" / "config.json").read_text())
+        assert warm["ibot"]["weight"] == ibot_weight and warm["pruning"]["policy"] == "none"
+        assert raw["runs"][f"{objective}/full/seed0"]["final"]["wv/knn/top1_k20"] >= 0
+    text = (tmp_path / "results.md").read_text()
+    assert "| dino/full |" in text and "| dinov2/full |" in text and "| dinov2 − dino (full data) |" in text
+
+
+def test_an_objective_patch_with_an_unknown_field_is_named(tmp_path):
+    c = compare_config.get_config("smoke,seeds=1")
+    c.compare.objectives = {"typo": {"ibot": {"wieght": 1.0}}}
+    with pytest.raises(ValueError, match="config.compare.objectives.typo: ibot.wieght is not a config field"):
+        compare.compare(c, tmp_path)

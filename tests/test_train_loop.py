@@ -139,12 +139,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config, m
     assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
-@pytest.mark.parametrize("objective", ["dino", "dinov2"])
-def test_one_device_equals_eight(smoke_config, objective):
+def test_one_device_equals_eight(smoke_config):
+    # The DINOv2 objective, a superset of DINO's step: iBOT masks, Sinkhorn-Knopp and KoLeo all reduce over the
+    # global batch, so 8 devices must train what 1 does.
     config = smoke_config
-    if objective == "dinov2":  # iBOT masks, Sinkhorn-Knopp and KoLeo all reduce over the global batch
-        common.dinov2_objective(config)
-        config.dino.centering = "sinkhorn_knopp"
+    common.dinov2_objective(config)
+    config.dino.centering = "sinkhorn_knopp"
     spec = run_spec(config)
     source = sources.make_pretrain_source(spec.data, seed=config.seed)
     batches = list(iter(pipeline.epoch_dataset(source, Selection.full(len(source)), seed=0, epoch=0,

@@ -9,6 +9,11 @@ differ only in what they train on after T_w (and "full" is exactly an uninterrup
 Results are read back from each run's `summary.json` and `metrics.jsonl`; the table's columns are the
 headline metrics of the evaluators that ran (`summary.json`'s `evaluated`). A finished run is never
 redone and an interrupted one resumes from its own checkpoint, so rerunning the command continues.
+
+`compare.objectives` adds an objective axis: each named entry is a patch of the config (e.g. DINOv2's
+`{"ibot": {"weight": 1.0}, "dino": {"koleo_weight": 0.1}}`), trained from its own warm-up with every
+method, at the same budget. With more than one, runs live in `seed<s>/<objective>/` and are named
+`<objective>/<method>`; the paired table also gives each objective's full-data run minus the first's.
 """
 from __future__ import annotations
 
@@ -43,6 +48,21 @@ METHODS = {                       # method -> pruning.policy
 }
 
 
+def objectives(config) -> list[str]:
+    """The objective axis: the names of `compare.objectives`, in order."""
+    return list(config.compare.objectives.keys())
+
+
+def arms(config) -> list[str]:
+    """Every trained (objective, method) as its run name: the method alone when one objective is compared."""
+    objs = objectives(config)
+    return [m if len(objs) == 1 else f"{o}/{m}" for o in objs for m in config.compare.methods]
+
+
+def _method(arm: str) -> str:
+    return arm.rpartition("/")[2]
+
+
 def _check(config) -> None:
     """Names the bad field before anything trains."""
     unknown = [m for m in config.compare.methods if m not in METHODS]
@@ -50,6 +70,10 @@ def _check(config) -> None:
         raise ConfigError(f"config.compare.methods: unknown {unknown or 'empty list'}; known: {tuple(METHODS)}")
     if not config.compare.seeds:
         raise ConfigError("config.compare.seeds: empty")
+    if not objectives(config) or any("/" in o for o in objectives(config)):
+        raise ConfigError("config.compare.objectives: give at least one named config patch (names without '/')")
+    for objective in objectives(config):  # every patch applies and validates before anything trains
+        run_spec(_arm_config(config, config.compare.seeds[0], objective))
     if not any(e.every_examples > 0 for e in config.evals.values()):
         raise ConfigError("config.evals: the comparison evaluates along the budget; give an evaluator "
                          "every_examples > 0")
@@ -115,45 +139,59 @@ def _embed_config(config, release_dir: pathlib.Path):
     return e
 
 
-def _seed_config(config, seed: int):
+def _arm_config(config, seed: int, objective: str):
+    """The config of one seed and objective: the objective's patch applied field by field."""
     c = config.copy_and_resolve_references()
     c.seed = seed
+
+    def patch(block, values, path):
+        for key, value in values.items():
+            if key not in block:
+                raise ConfigError(f"config.compare.objectives.{objective}: {path}{key} is not a config field")
+            if hasattr(value, "items"):
+                patch(block[key], value, f"{path}{key}.")
+            else:
+                block[key] = value
+
+    patch(c, config.compare.objectives[objective], "")
     return c
 
 
 def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
-    """Trains every (seed, method) that is not finished yet; returns the raw results."""
-    methods, seeds = tuple(config.compare.methods), tuple(config.compare.seeds)
+    """Trains every (seed, objective, method) that is not finished yet; returns the raw results."""
+    methods, seeds, objs = tuple(config.compare.methods), tuple(config.compare.seeds), objectives(config)
     n = pool_size(config)
     prefix = _prefix_steps(config, n)
     is_main = jax.process_index() == 0
-    bar = tqdm(total=len(seeds) * (len(methods) + 1), desc="compare", unit="run",
+    bar = tqdm(total=len(seeds) * len(objs) * (len(methods) + 1), desc="compare", unit="run",
                disable=not is_main, dynamic_ncols=True)
-    raw: dict[str, Any] = {"prefix_steps": prefix, "pool_size": n, "runs": {}}
+    raw: dict[str, Any] = {"prefix_steps": prefix, "pool_size": n, "objectives": objs, "runs": {}}
     for seed in seeds:
-        base = _seed_config(config, seed)
-        seed_dir = workdir / f"seed{seed}"
-        warm = seed_dir / "warmup"
-        if not (warm / "release" / "model.json").is_file():
-            warm_config = base.copy_and_resolve_references()
-            warm_config.pruning.policy = "none"
-            pretrain(warm_config, warm, stop_at_step=prefix)
-        bar.update(1)
-        static = _static_selections(base, seed_dir, warm / "release", methods, n)
-        for method in methods:
-            run_dir = seed_dir / method
-            if not (run_dir / "summary.json").is_file():
-                c = base.copy_and_resolve_references()
-                c.pruning.policy = METHODS[method]
-                c.pruning.selection = str(static.get(method, ""))
-                c.resume = str(warm / "checkpoints")
-                c.eval_at_init = method == methods[0]   # the random-init reference, once per seed
-                bar.set_postfix(seed=seed, method=method)
-                pretrain(c, run_dir)
-            raw["runs"][f"{method}/seed{seed}"] = _read_run(run_dir, warm)
+        for objective in objs:
+            base = _arm_config(config, seed, objective)
+            arm_dir = workdir / f"seed{seed}" / (objective if len(objs) > 1 else "")
+            warm = arm_dir / "warmup"
+            if not (warm / "release" / "model.json").is_file():
+                warm_config = base.copy_and_resolve_references()
+                warm_config.pruning.policy = "none"
+                pretrain(warm_config, warm, stop_at_step=prefix)
             bar.update(1)
-        raw["runs"][f"at_init/seed{seed}"] = {
-            "final": json.loads((seed_dir / methods[0] / "summary.json").read_text())["at_init"]}
+            static = _static_selections(base, arm_dir, warm / "release", methods, n)
+            for method in methods:
+                run_dir = arm_dir / method
+                name = method if len(objs) == 1 else f"{objective}/{method}"
+                if not (run_dir / "summary.json").is_file():
+                    c = base.copy_and_resolve_references()
+                    c.pruning.policy = METHODS[method]
+                    c.pruning.selection = str(static.get(method, ""))
+                    c.resume = str(warm / "checkpoints")
+                    c.eval_at_init = method == methods[0] and objective == objs[0]  # once per seed
+                    bar.set_postfix(seed=seed, run=name)
+                    pretrain(c, run_dir)
+                raw["runs"][f"{name}/seed{seed}"] = _read_run(run_dir, warm)
+                bar.update(1)
+        first = workdir / f"seed{seed}" / (objs[0] if len(objs) > 1 else "") / methods[0]
+        raw["runs"][f"at_init/seed{seed}"] = {"final": json.loads((first / "summary.json").read_text())["at_init"]}
     bar.close()
     return raw
 
@@ -184,17 +222,21 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def paired_table(raw: dict[str, Any], config) -> str:
-    """Each method minus full data on the same seed (same pool, init and warm-up): mean ± standard error
-    of the paired difference over seeds, and whether it is beyond two standard errors."""
-    seeds, cols = tuple(config.compare.seeds), columns(raw)
-    head = ["method − full data"] + [title for _, title, _ in cols]
+    """Each method minus full data on the same seed and objective (same pool, init and warm-up), and each
+    objective's full data minus the first objective's: mean ± standard error of the paired difference
+    over seeds, and whether it is beyond two standard errors."""
+    seeds, cols, objs = tuple(config.compare.seeds), columns(raw), objectives(config)
+    prefix = lambda o: "" if len(objs) == 1 else f"{o}/"  # noqa: E731
+    pairs = [(arm, f"{prefix(arm.partition('/')[0])}full", f"{arm} − full data") for arm in arms(config)
+             if _method(arm) != "full" and "full" in config.compare.methods]
+    if "full" in config.compare.methods:
+        pairs += [(f"{o}/full", f"{objs[0]}/full", f"{o} − {objs[0]} (full data)") for o in objs[1:]]
+    head = ["paired difference"] + [title for _, title, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in config.compare.methods:
-        if m == "full":
-            continue
-        row = [m]
+    for a, b, label in pairs:
+        row = [label]
         for key, _, higher in cols:
-            d = np.array([raw["runs"][f"{m}/seed{s}"]["final"][key] - raw["runs"][f"full/seed{s}"]["final"][key]
+            d = np.array([raw["runs"][f"{a}/seed{s}"]["final"][key] - raw["runs"][f"{b}/seed{s}"]["final"][key]
                           for s in seeds])
             se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
             better = (d.mean() > 2 * se) if higher else (d.mean() < -2 * se)
@@ -206,7 +248,7 @@ def paired_table(raw: dict[str, Any], config) -> str:
 def engagement_table(raw: dict[str, Any], config) -> str:
     """Redundancy of what each method trained on after the warm-up (mean over log steps and seeds),
     next to the pool's, from the pool's hidden classes and duplicate groups."""
-    runs = {m: [raw["runs"][f"{m}/seed{s}"] for s in config.compare.seeds] for m in config.compare.methods}
+    runs = {m: [raw["runs"][f"{m}/seed{s}"] for s in config.compare.seeds] for m in arms(config)}
     keys = [k for k in ENGAGEMENT if all(k in r["engagement"] for rs in runs.values() for r in rs)]
     if not keys:
         return ""
@@ -226,7 +268,7 @@ def columns(raw: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 def table(raw: dict[str, Any], config) -> str:
     """The markdown results table: final evaluation, mean ± std over seeds, best in bold."""
-    methods = ["at_init"] + list(config.compare.methods)
+    methods = ["at_init"] + arms(config)
     seeds = tuple(config.compare.seeds)
     cols = columns(raw)
     cells: dict[str, dict[str, tuple[float, float]]] = {}
@@ -240,7 +282,7 @@ def table(raw: dict[str, Any], config) -> str:
             cells[m]["distinct"] = _stats([r["pruning"]["distinct_seen_fraction"] for r in runs])
     best = {}
     for key, _, higher in cols:
-        means = {m: cells[m][key][0] for m in config.compare.methods}
+        means = {m: cells[m][key][0] for m in arms(config)}
         best[key] = (max if higher else min)(means, key=means.get)
     head = (["method"] + [title for _, title, _ in cols]
             + ["final kept", "pool seen", "resamplings", "train s"])
@@ -270,7 +312,7 @@ def plot_curves(raw: dict[str, Any], config, out: pathlib.Path) -> None:
     cols = columns(raw)
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.6), squeeze=False)
     for ax, (key, title, _) in zip(axes[0], cols):
-        for method in config.compare.methods:
+        for method in arms(config):
             curves = [{p["examples_seen"]: p[key] for p in raw["runs"][f"{method}/seed{s}"]["curve"]
                        if key in p} for s in config.compare.seeds]
             xs = sorted(set.intersection(*(set(c) for c in curves)))
@@ -291,7 +333,7 @@ def plot_curves(raw: dict[str, Any], config, out: pathlib.Path) -> None:
 def plot_class_mix(raw: dict[str, Any], config, out: pathlib.Path) -> bool:
     """The hidden class mix each method trained on (examples-weighted over the run, warm-up included)."""
     mixes = {m: [raw["runs"][f"{m}/seed{s}"]["class_mix"] for s in config.compare.seeds]
-             for m in config.compare.methods}
+             for m in arms(config)}
     classes = list(next(iter(mixes.values()))[0])
     if not classes:
         return False
@@ -330,7 +372,9 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     text = "\n".join([
         f"# Equal-compute comparison: {config.total_examples} examples seen per run",
         "",
-        f"Model {config.model.variant}, pool of {raw['pool_size']} {config.data.source} images"
+        f"Model {config.model.variant}"
+        + (f", objectives {', '.join(objectives(config))}" if len(objectives(config)) > 1 else "")
+        + f", pool of {raw['pool_size']} {config.data.source} images"
         + (" (redundant pool transform)" if config.data.pool_transform.enabled else "")
         + f", batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
         f"same full-data warm-up of {prefix} examples. Final evaluation of the teacher by the evaluators "
@@ -343,7 +387,8 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         md,
         "",
         "Paired differences: each method minus full data on the same seed (same pool, initialisation and "
-        "warm-up), mean ± standard error over seeds.",
+        "warm-up)" + (", and each objective's full data minus the first's" if len(objectives(config)) > 1 else "")
+        + ", mean ± standard error over seeds.",
         "",
         paired_table(raw, config),
         "",

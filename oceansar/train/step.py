@@ -82,6 +82,34 @@ def scheduled(step, run: RunSpec, budget: Budget) -> dict[str, jax.Array]:
             "teacher_patch_temp": warm(start=run.ibot.warmup_teacher_temp, end=run.ibot.teacher_temp)}
 
 
+def _targets(d, logits: jax.Array, center: jax.Array, temp, valid: jax.Array | None = None) -> jax.Array:
+    """The teacher's target distributions under `config.dino.centering` (`d`, the DinoSpec)."""
+    if d.centering == "sinkhorn_knopp":
+        return centering.sinkhorn_knopp(logits, temp, valid=valid, iterations=d.sinkhorn_iterations)
+    return centering.teacher_probs(logits, center, temp)
+
+
+def _ema(momentum, teacher: jax.Array, student: jax.Array) -> jax.Array:
+    """One teacher tensor's EMA update towards the student's."""
+    return momentum * teacher + (1.0 - momentum) * student
+
+
+def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, sched: dict[str, jax.Array], *,
+                     frozen: jax.Array):
+    """AdamW at the scheduled lr and weight decay, the prototype layers untouched while `frozen`.
+
+    Returns the gradients as applied (frozen ones zeroed), the new parameters and the new optimizer state.
+    """
+    mask = last_layer_mask(grads)
+    zero_frozen = lambda t: jax.tree.map(  # noqa: E731
+        lambda x, m: jnp.where(frozen & m, jnp.zeros_like(x), x), t, mask)
+    grads = zero_frozen(grads)
+    opt_state = optim_lib.set_hyperparams(state.opt_state, learning_rate=sched["lr"],
+                                          weight_decay=sched["weight_decay"])
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    return grads, optax.apply_updates(state.params, zero_frozen(updates)), opt_state
+
+
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSpec, budget: Budget, *,
                     update_loss_stats: bool = True
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
@@ -92,14 +120,10 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
     `benchmarks/pruning_overhead.py` can price the table update against the same step.
     """
     spec, d, ib = run.crops, run.dino, run.ibot
-    stats_momentum = run.pruning.loss_stats_momentum
     grid = spec.global_size // run.model.patch
     gathered = masking.max_masked(grid * grid, ib.mask_ratio)  # patch-head positions per global crop
 
-    def targets(logits, center, temp, valid=None):
-        if d.centering == "sinkhorn_knopp":
-            return centering.sinkhorn_knopp(logits, temp, valid=valid, iterations=d.sinkhorn_iterations)
-        return centering.teacher_probs(logits, center, temp)
+    targets = functools.partial(_targets, d)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         step = state.step
@@ -109,7 +133,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
         globals_, locals_ = augment.multicrop(k_aug, images, spec)
         sched = scheduled(step, run, budget)
         masks = positions = valid = None
-        if ib.enabled:
+        if ib.enabled:  # the student's global crops, iBOT's block masks; the head sees `gathered` tokens of each
             masks = masking.block_masks(k_mask, globals_.shape[:2], (grid, grid), probability=ib.mask_probability,
                                         ratio=ib.mask_ratio)
             positions, valid = masking.masked_positions(masks, gathered)
@@ -139,27 +163,18 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
             return loss, (per_sample, aux)
 
         (loss, (per_sample, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        frozen = step < budget.freeze_last_layer_steps
-        mask = last_layer_mask(grads)
-        zero_frozen = lambda t: jax.tree.map(  # noqa: E731
-            lambda x, m: jnp.where(frozen & m, jnp.zeros_like(x), x), t, mask)
-        grads = zero_frozen(grads)
-        opt_state = optim_lib.set_hyperparams(state.opt_state, learning_rate=sched["lr"],
-                                              weight_decay=sched["weight_decay"])
-        updates, opt_state = tx.update(grads, opt_state, state.params)
-        params = optax.apply_updates(state.params, zero_frozen(updates))
-        momentum = sched["teacher_momentum"]
-        teacher_params = jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s,
-                                      state.teacher, params)
+        grads, params, opt_state = _apply_gradients(state, grads, tx, sched,
+                                                    frozen=step < budget.freeze_last_layer_steps)
+        teacher_params = jax.tree.map(functools.partial(_ema, sched["teacher_momentum"]), state.teacher, params)
         center, center_patch = state.center, state.center_patch
-        if d.centering == "ema":
+        if d.centering == "ema":  # Sinkhorn-Knopp keeps no centre
             center = centering.update_center(center, t_out["logits"], d.center_momentum)
-            if ib.enabled:
-                center_patch = centering.update_center(center_patch, t_out["patch_logits"], ib.center_momentum)
+            center_patch = centering.update_center(center_patch, t_out["patch_logits"], ib.center_momentum) \
+                if ib.enabled else center_patch
         table = state.loss_stats
         if update_loss_stats:
             table = loss_stats.update(table, batch["sample_id"], per_sample, batch["weight"], step,
-                                      momentum=stats_momentum)
+                                      momentum=run.pruning.loss_stats_momentum)
         finite = state.finite & jnp.isfinite(loss)
 
         metrics = {
@@ -168,11 +183,11 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
             **{f"train/{k}": v for k, v in sched.items() if k != "teacher_patch_temp" or ib.enabled},
             "train/grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
             "train/weight_mean": jnp.mean(batch["weight"]),
+            **{f"train/{k}": v for k, v in aux.items()},
+            **{f"train/{k}": v for k, v in dino.collapse_monitors(t_p).items()},
         }
-        metrics.update({f"train/{k}": v for k, v in aux.items()})
-        metrics.update({f"train/{k}": v for k, v in dino.collapse_monitors(t_p).items()})
         if ib.enabled:
-            metrics.update({f"train/ibot/{k}": v for k, v in dino.collapse_monitors(t_patch_p, valid=valid).items()})
+            metrics |= {f"train/ibot/{k}": v for k, v in dino.collapse_monitors(t_patch_p, valid=valid).items()}
             metrics["train/ibot/masked_fraction"] = jnp.mean(masks)
         new_state = state.replace(step=step + 1, params=params, teacher=teacher_params,
                                   opt_state=opt_state, center=center, center_patch=center_patch,
