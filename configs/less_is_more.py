@@ -2,7 +2,7 @@ r"""Less-is-More's pretraining: iBOT with warmup-stable-decay schedules at a fix
 
     python launch.py --config=configs/less_is_more.py                      # mu/8 on the simulator, 2-core CPU
     python launch.py --config=configs/less_is_more.py:variant=S/16,examples=50000000   # the paper's budget
-    python launch.py --config=configs/less_is_more.py:data_root=/data      # + UC Merced and MSTAR 1-NN
+    python launch.py --config=configs/less_is_more.py:data_root=/data      # + UCM, MSTAR, OpenSARShip 1-NN
     python launch.py --config=configs/less_is_more.py:smoke                # tiny, for tests
 
 "Less is More? Data Specialization for Self-Supervised Remote Sensing Models" (Barseghyan et al., 2025) pretrains
@@ -14,9 +14,10 @@ min_lr, weight decay held at 0.04 then raised to 0.4, momentum held then raised 
 budget along 1 - sqrt (chosen: the seed names WSD but not its decay; MiniCPM, arXiv 2404.06395, found 10 % enough).
 The data is the pool as given (`pruning.policy=none`): the data axis of `--mode=compare` chooses it.
 
-`data_root` adds two real labelled sets as 1-NN evaluators, read through the folder source (grayscale, resized to
-the pool's image size): UC Merced land use (`<data_root>/ucm_captions/{train,val}/<class>/`, 21 classes) and MSTAR
-(`<data_root>/mstar10/{train,test}/<class>/`, 10 vehicle classes); the summary then also reports the mean 1-NN
+`data_root` adds three real labelled sets as 1-NN evaluators, resized to the pool's image size: UC Merced land use
+(`<data_root>/ucm_captions/{train,val}/<class>/`, 21 classes) and MSTAR (`<data_root>/mstar10/{train,test}/<class>/`,
+10 vehicle classes) through the folder source (grayscale), and the OpenSARShip calibrated ship chips
+(`<data_root>/opensarship/`, Cargo / Tanker / Other, VV sigma0 in dB); the summary then also reports the mean 1-NN
 over the datasets with its combined bootstrap std (`oceansar.evals.across`).
 """
 from __future__ import annotations
@@ -43,9 +44,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if not arg.smoke:
         c.total_examples = arg.examples    # the fixed budget, whatever the data
     if arg.data_root:
-        for name, folder, test_split in (("ucm", "ucm_captions", "val"), ("mstar", "mstar10", "test")):
+        for name, source, folder, test_split in (("ucm", "folder", "ucm_captions", "val"),
+                                                 ("mstar", "folder", "mstar10", "test"),
+                                                 ("opensarship", "opensarship", "opensarship", "test")):
             e = c.evals.wv.copy_and_resolve_references()
-            e.source, e.root = "folder", f"{arg.data_root}/{folder}"
+            e.source, e.root = source, f"{arg.data_root}/{folder}"
             e.train_split, e.test_split = "train", test_split
             e.probes, e.targets = ("knn",), ()
             c.evals[name] = e

@@ -21,7 +21,7 @@ from oceansar.errors import ConfigError
 from oceansar.models.vit import parse_variant
 
 SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
-EVAL_SOURCES = ("synthetic_wv", "folder", "tfds")
+EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship")
 PROBES = ("knn", "linear", "regression")
 FEATURES = ("cls", "cls+mean_patch")
 PRUNING_FEATURES = FEATURES + ("copy_descriptors",)
@@ -333,8 +333,8 @@ class PruningSpec:
 class EvalSpec:
     """One named frozen-feature evaluator (`config.evals.<name>`): a labelled dataset and its probes."""
 
-    source: str                # synthetic_wv (balanced splits, disjoint seeds) | folder | tfds
-    root: str                  # folder: <root>/{train,test}/<class>/*; tfds: data_dir
+    source: str                # synthetic_wv (balanced splits, disjoint seeds) | folder | tfds | opensarship
+    root: str                  # folder: <root>/{train,test}/<class>/*; tfds: data_dir; opensarship: the release
     tfds_name: str
     train_split: str
     test_split: str
@@ -352,6 +352,8 @@ class EvalSpec:
         _require(self.source in EVAL_SOURCES, "source", f"unknown source {self.source!r}; known: {EVAL_SOURCES}")
         if self.source == "folder":
             _require(bool(self.root), "root", "the folder evaluator needs <root>/{train,test}/<class>/")
+        if self.source == "opensarship":
+            _require(bool(self.root), "root", "the opensarship evaluator needs the release's <root>/<scene>/Patch_Cal/")
         if self.source == "tfds":
             _require(bool(self.tfds_name), "tfds_name", "the tfds evaluator needs a dataset name")
         unknown = [p for p in self.probes if p not in PROBES]

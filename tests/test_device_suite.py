@@ -18,7 +18,9 @@ ROOT = device_suite.ROOT
 
 
 def _suite(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # The cases only need to run here, not to be fast: XLA's optimisation passes would cost more compile time
+    # than they save in the smoke sizes' execution.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="True")
     return subprocess.run([sys.executable, "-m", "benchmarks.device_suite", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -250,3 +250,17 @@ def test_mean_over_datasets_combines_bootstrap_stds_in_quadrature():
     assert out["mean/knn/top1_k1_std"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)
     assert "mean/knn/top1_k20" not in out and not any("linear" in k for k in out)  # one dataset; not k-NN
     assert across.mean_over_datasets({k: v for k, v in results.items() if k.startswith("wv/")}) == {}
+
+
+def test_less_is_more_evaluates_real_datasets_and_their_mean(shared_data):
+    from configs import less_is_more
+
+    config = less_is_more.get_config(f"smoke,data_root={shared_data}")
+    config.num_devices = 1
+    exp = Experiment.build(run_spec(config), num_samples=config.data.num_samples)
+    results = exp.evaluate(exp.init_state().teacher)
+    names = ("wv", "ucm", "mstar", "opensarship")
+    assert all(0 <= results[f"{n}/knn/top1_k1"] <= 1 and results[f"{n}/knn/top1_k1_std"] > 0 for n in names)
+    mean = np.mean([results[f"{n}/knn/top1_k1"] for n in names])
+    assert results["mean/knn/top1_k1"] == pytest.approx(mean) and results["mean/knn/top1_k1_datasets"] == 4
+    assert ("mean/knn/top1_k1", "mean k-NN top-1 (k=1) over 4 datasets", True) in exp.headline()

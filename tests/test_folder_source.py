@@ -138,3 +138,15 @@ def test_mstar_loads(shared_data):
         r = src[len(src) - 1]
         assert r["image"].dtype == np.uint8 and int(r["label"]) == 9
         assert r["image"].std() > 5
+
+
+def test_convert_shows_rgb_images_to_a_one_channel_model(tmp_path):
+    from PIL import Image
+
+    rgb = _gradient(8, 8, 3)
+    _png(tmp_path / "a" / "rgb.png", rgb)
+    src = ImageFolderSource(tmp_path, image_size=None, channels=1, convert=True)
+    expected = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))[..., None]
+    np.testing.assert_array_equal(src[0]["image"], expected)
+    with pytest.raises(CorruptImageError, match="channel"):
+        ImageFolderSource(tmp_path, image_size=None, channels=1)  # without convert: a wrong channel count

@@ -118,6 +118,8 @@ def test_default_configs_are_valid():
 
     for config in (default.get_config(""), default.get_config("smoke"), default.get_config("variant=Ti/8"),
                    oceansar1.get_config("smoke"), compare.get_config("smoke"), oceansar2.get_config(""),
-                   oceansar2.get_config("smoke"), less_is_more.get_config(""), less_is_more.get_config("smoke")):
+                   oceansar2.get_config("smoke"), less_is_more.get_config(""), less_is_more.get_config("smoke"),
+                   less_is_more.get_config("smoke,data_root=/data")):
         spec = RunSpec.from_config(config, num_devices=8)
         assert spec.crops.global_size == config.crops.global_size and set(spec.evals) == set(config.evals)
+    assert set(spec.evals) == {"wv", "ucm", "mstar", "opensarship"} and spec.evals["opensarship"].probes == ("knn",)

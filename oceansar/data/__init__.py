@@ -2,7 +2,8 @@
 
 `sources` defines the `Source` protocol and builds the sources a run's specs name; `synthetic/` is the embedded
 Sentinel-1 WV simulator, the default dataset; `folder` is the image-folder source (class folders or a labels CSV);
-`wv_files` reads real WV quicklook PNGs and GeoTIFF measurement files as sigma0 in dB; `tfds_wv` builds a TFDS
+`wv_files` reads real WV quicklook PNGs and GeoTIFF measurement files as sigma0 in dB; `opensarship` the OpenSARShip
+calibrated ship chips, labelled, on the same sigma0 scale; `tfds_wv` builds a TFDS
 dataset from a local WV archive and reads any prepared TFDS dataset; `decode` holds the per-file decoding and resizing
 the file-based sources share; `cache` is an in-memory copy of a source that fits in memory; `selection` holds the
 Selection (which source samples an epoch visits, with what loss weight) and owns its file format; `pipeline` is the

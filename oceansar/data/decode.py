@@ -42,7 +42,7 @@ class CorruptImageError(DataError):
         return (CorruptImageError, (self.path, self.reason))
 
 
-def _decode_pil(path: pathlib.Path) -> np.ndarray:
+def _decode_pil(path: pathlib.Path, mode: str | None = None) -> np.ndarray:
     with Image.open(path) as im:
         # `load()` forces the full decode: a truncated JPEG/PNG fails here, not later.
         im.load()
@@ -50,6 +50,8 @@ def _decode_pil(path: pathlib.Path) -> np.ndarray:
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
             im = im.convert("L" if im.mode == "1" else "RGB")
+        if mode is not None and im.mode != mode and im.mode in ("L", "RGB", "RGBA"):
+            im = im.convert(mode)
         return np.asarray(im)
 
 
@@ -66,12 +68,14 @@ def _decode_tiff(path: pathlib.Path) -> np.ndarray:
     return arr
 
 
-def decode_image(path: str | os.PathLike, *, channels: int | None = None) -> np.ndarray:
+def decode_image(path: str | os.PathLike, *, channels: int | None = None, convert: bool = False) -> np.ndarray:
     """Reads one image file into a validated [H, W, C] array in its native dtype.
 
     Args:
       path: a PNG/JPEG (Pillow) or TIFF/GeoTIFF (tifffile) file.
       channels: the channel count the caller expects, or None to accept any.
+      convert: 8-bit grayscale/RGB(A) PNG and JPEG files are converted to `channels` (1: luminance, Pillow's "L";
+        3: RGB) instead of failing the channel check. TIFFs are never converted.
 
     Returns:
       [H, W, C] array: uint8/uint16/int16/float32/complex as stored in the file.
@@ -92,7 +96,7 @@ def decode_image(path: str | os.PathLike, *, channels: int | None = None) -> np.
         if suffix in TIFF_EXTENSIONS:
             arr = _decode_tiff(path)
         elif suffix in PIL_EXTENSIONS:
-            arr = _decode_pil(path)
+            arr = _decode_pil(path, {1: "L", 3: "RGB"}.get(channels) if convert else None)
         else:
             raise CorruptImageError(
                 path, f"unsupported extension {suffix!r} (expected one of {IMAGE_EXTENSIONS})")

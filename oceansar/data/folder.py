@@ -193,6 +193,8 @@ class ImageFolderSource(FileRecords):
       image_size: side of the square output (center crop, then antialiased bilinear resize), or
         None to keep the native size, which then must be the same for every file.
       channels: expected channel count, or None to take it from the first readable file.
+      convert: convert 8-bit PNG/JPEG files to `channels` (RGB to luminance for 1) instead of treating another
+        channel count as corrupt; evaluators use it to show optical images to a 1-channel SAR model.
       labels_csv: a labels CSV for a flat folder.
       skip_corrupt: drop and count bad files at construction instead of raising when read.
       extensions: file suffixes to pick up (case-insensitive).
@@ -213,10 +215,11 @@ class ImageFolderSource(FileRecords):
     """
 
     def __init__(self, root: str | os.PathLike, *, image_size: int | None,
-                 channels: int | None = None, labels_csv: str | os.PathLike | None = None,
-                 skip_corrupt: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 validate_threads: int = 8):
+                 channels: int | None = None, convert: bool = False,
+                 labels_csv: str | os.PathLike | None = None, skip_corrupt: bool = False,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, validate_threads: int = 8):
         self.root = pathlib.Path(root)
+        self._convert = bool(convert and channels)
         if not self.root.is_dir():
             raise DataNotFoundError(f"image folder {self.root} does not exist")
         if image_size is not None and image_size <= 0:
@@ -252,7 +255,7 @@ class ImageFolderSource(FileRecords):
         self._label = None if labels is None else labels[keep]
         self._multi_hot = None if multi_hot is None else multi_hot[keep]
 
-        raw = decode_image(self._files[0], channels=channels)
+        raw = decode_image(self._files[0], channels=channels, convert=self._convert)
         self._scale_of = (self._files[0], raw.dtype)
         self.image_dtype = np.dtype(np.uint8 if raw.dtype == np.uint8 else np.float16)
         first = self._fit(raw, self._files[0], native_shape=None)
@@ -263,7 +266,7 @@ class ImageFolderSource(FileRecords):
     def _validate_all(self, files: list[str], channels: int | None, threads: int) -> np.ndarray:
         def check(f: str) -> tuple[tuple[int, ...] | int, bool] | None:
             try:
-                arr = decode_image(f, channels=channels)
+                arr = decode_image(f, channels=channels, convert=self._convert)
             except CorruptImageError:
                 return None
             return (arr.shape if self.image_size is None else arr.shape[-1]), arr.dtype.kind == "f"
@@ -303,7 +306,7 @@ class ImageFolderSource(FileRecords):
         return arr
 
     def _image(self, path: str) -> np.ndarray:
-        return self._fit(decode_image(path, channels=self.channels), path, self._native_shape)
+        return self._fit(decode_image(path, channels=self.channels, convert=self._convert), path, self._native_shape)
 
     def __repr__(self) -> str:
         return (f"ImageFolderSource({str(self.root)!r}, n={len(self)}, image_shape="

@@ -19,6 +19,7 @@ import numpy as np
 from oceansar.data import synthetic
 from oceansar.data.cache import InMemorySource
 from oceansar.data.folder import ImageFolderSource
+from oceansar.data.opensarship import OpenSARShipSource
 from oceansar.data.pool import RedundantPool
 from oceansar.data.wv_files import WVFileSource
 from oceansar.errors import DataNotFoundError
@@ -85,7 +86,11 @@ def make_eval_sources(spec, *, image_size: int, in_channels: int, seed: int, cac
                                              image_size=image_size, seed=seed + 1000)
     elif spec.source == "folder":
         root = pathlib.Path(spec.root)
-        splits = tuple(ImageFolderSource(root / split, image_size=image_size, channels=in_channels)
+        # The model's channel count: 8-bit RGB images become luminance for a 1-channel SAR model.
+        splits = tuple(ImageFolderSource(root / split, image_size=image_size, channels=in_channels, convert=True)
+                       for split in (spec.train_split, spec.test_split))
+    elif spec.source == "opensarship":
+        splits = tuple(OpenSARShipSource(spec.root, split=split, image_size=image_size)
                        for split in (spec.train_split, spec.test_split))
     else:
         splits = tuple(_tfds_source(spec.tfds_name, split=split, data_dir=spec.root, image_size=image_size)

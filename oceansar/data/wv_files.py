@@ -90,7 +90,16 @@ def read_wv(path: str | os.PathLike, image_size: int, *, calibration_db: float =
         non-finite file; the message names it.
     """
     path = pathlib.Path(path)
-    intensity = _intensity(decode_image(path), path, calibration_db, float_units)
+    return normalised_db(_intensity(decode_image(path), path, calibration_db, float_units), image_size, path)
+
+
+def normalised_db(intensity: np.ndarray, image_size: int, path: str | os.PathLike) -> np.ndarray:
+    """Linear sigma0 [H, W, 1] -> float32 [image_size, image_size, 1] in [0, 1]: resized (center crop, antialiased
+    resize of the intensity), in dB, `DB_RANGE` mapped onto [0, 1] (values outside clip).
+
+    Raises:
+      CorruptImageError: negative intensity; the message names `path`.
+    """
     if intensity.min() < 0:
         raise CorruptImageError(path, "negative linear sigma0")
     intensity = resize_square(intensity, image_size)
