@@ -21,17 +21,21 @@ the budget); the default (1) took 31 min on a 2-core CPU (2 seeds x 6 methods, 2
 """
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 from configs import common, curate_hkmeans, curate_semdedup, default
 
-OBJECTIVES = {"dino": {}, "dinov2": common.DINOV2}
+# dino: the recipe as it is; dinov2: iBOT masked patches + KoLeo; ibot, koleo: one of the two terms alone.
+OBJECTIVES = {"dino": {}, "dinov2": common.DINOV2, "ibot": {"ibot": common.DINOV2["ibot"]},
+              "koleo": {"dino": common.DINOV2["dino"]}}
 
 
 def _objective(name: str) -> dict:
     if name not in OBJECTIVES:
         raise ValueError(f"config arg: unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    return copy.deepcopy(OBJECTIVES[name])  # each its own blocks: a later override touches one objective
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,8 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         methods=("full", "random", "static_semdedup", "static_hkmeans", "dynamic",
                  "dynamic_infobatch"),
         seeds=tuple(range(int(arg.seeds))),   # each seed draws its own pool, init and data order
-        # The objective axis: name -> patch of this config, each trained from its own warm-up with every
-        # method. dino: the recipe as it is; dinov2: iBOT masked patches + KoLeo (configs.common.DINOV2).
+        # The objective axis: name -> patch of this config (OBJECTIVES), each trained from its own
+        # warm-up with every method.
         objectives={name: _objective(name) for name in arg.objectives.split("+")},
         # Static curation is sized from the pool the run actually has (counted, not data.num_samples):
         # hierarchical k = N/20, N/200, N/2000 (Vo et al., arXiv 2405.15613), and SemDeDup clusters of

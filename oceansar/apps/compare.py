@@ -377,7 +377,8 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         + f", pool of {raw['pool_size']} {config.data.source} images"
         + (" (redundant pool transform)" if config.data.pool_transform.enabled else "")
         + f", batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
-        f"same full-data warm-up of {prefix} examples. Final evaluation of the teacher by the evaluators "
+        + ("same" if len(objectives(config)) == 1 else "its objective's")
+        + f" full-data warm-up of {prefix} examples. Final evaluation of the teacher by the evaluators "
         f"{', '.join(config.evals.keys())}; "
         "mean ± std over seeds; best method per column in bold. `final kept`: the fraction of the pool "
         "in the last epoch's selection; `pool seen`: the fraction of the pool trained on at least once. "
