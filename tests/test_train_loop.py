@@ -1,7 +1,6 @@
 """End-to-end: the smoke recipe through launch.py, resume after kill -9, NaN guard, 1 vs 8 devices,
 release round trip."""
 import json
-import os
 import pathlib
 import signal
 import subprocess
