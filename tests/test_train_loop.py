@@ -114,6 +114,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
     assert a_step == b_step == 12
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+    assert "ibot_head" in a.params and np.abs(a.center_patch).max() > 0  # iBOT's centre2 followed its teacher
     losses = lambda d: [r["train/loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
                         if "train/loss" in r]
     assert losses(tmp_path / "straight") == losses(killed)
