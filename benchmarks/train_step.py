@@ -20,8 +20,9 @@ is null and the step is compared with a large matmul timed in the same run inste
 `--objectives=dino,dinov2` (the default) times the same variant and crops under both objectives in
 one run: DINO's (the recipe with the iBOT and KoLeo terms off) and DINOv2's (`configs.common.
 dinov2_objective`: iBOT masked patches through the shared head, KoLeo). The top-level report is the
-first objective's; `objectives` holds each one's step time, samples/s and analytic FLOPs, and
-`ratios` the later ones over the first.
+first objective's; `objectives` holds each one's step time, samples/s and analytic FLOPs (or the error
+of one that failed, e.g. out of memory at a batch the first one fits, without losing the first's
+numbers), and `ratios` the later ones over the first.
 
     python -m benchmarks.train_step                                   # configs/default.py (mu/8)
     python -m benchmarks.train_step --variant=S/16 --global_size=224 --local_size=96 --n_local=8 \
@@ -294,8 +295,16 @@ def compare_objectives(config, notes: dict[str, Any], objectives: list[str]) -> 
     """`run` for each objective; the first one's report with every objective's headline and the ratios added."""
     if not objectives:
         raise ValueError("--objectives: give at least one of " + ", ".join(OBJECTIVES))
-    reports = {name: run(with_objective(config, name), notes) for name in objectives}
     first = objectives[0]
+    reports = {first: run(with_objective(config, first), notes)}
+    errors = {}
+    for name in objectives[1:]:
+        # A later objective that fails (out of memory at a batch the first one fits) must not take the first
+        # one's measurement with it: the device time that produced it is the scarce part.
+        try:
+            reports[name] = run(with_objective(config, name), notes)
+        except Exception as e:  # noqa: BLE001 - recorded in the report, whatever XLA raised
+            errors[name] = f"{type(e).__name__}: {e}"[:1000]
     out = dict(reports[first], objective=first)
     out["objectives"] = {name: {"step_ms_best": r["timing"]["step_ms_best"],
                                 "samples_per_s": r["timing"]["samples_per_s"],
@@ -304,11 +313,12 @@ def compare_objectives(config, notes: dict[str, Any], objectives: list[str]) -> 
                                 "mfu": r["throughput"]["mfu"], "compile_s": r["timing"]["compile_s"],
                                 "final_loss": r["timing"]["final_loss"]}
                          for name, r in reports.items()}
+    out["objectives"] |= {name: {"error": error} for name, error in errors.items()}
     base = out["objectives"][first]
     out["ratios"] = {f"{name}_over_{first}": {
         "step_time": round(o["step_ms_best"] / base["step_ms_best"], 4),
         "analytic_flops": round(o["analytic_flops_per_sample"] / base["analytic_flops_per_sample"], 4)}
-        for name, o in out["objectives"].items() if name != first}
+        for name, o in out["objectives"].items() if name != first and "error" not in o}
     return out
 
 
