@@ -15,7 +15,6 @@ from typing import Any
 
 from jax.extend import core as jex_core
 
-from oceansar import masking
 from oceansar.models.vit import parse_variant
 
 
@@ -126,12 +125,8 @@ def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int, patch
 
 def run_step_flops(spec: Any, *, nlayers: int) -> dict[str, int]:
     """`dino_step_flops` of a `RunSpec`'s model, crops and objective (the iBOT patch head when its term is on)."""
-    tokens, patch_out_dim = 0, 0
-    if spec.ibot.enabled:
-        grid = spec.crops.global_size // parse_variant(spec.model.variant)["patch"]
-        tokens = masking.max_masked(grid * grid, spec.ibot.mask_ratio)
-        patch_out_dim = spec.ibot.out_dim if spec.ibot.separate_head else spec.model.out_dim
-    return dino_step_flops(spec.model, spec.crops, nlayers=nlayers, patch_tokens=tokens, patch_out_dim=patch_out_dim)
+    return dino_step_flops(spec.model, spec.crops, nlayers=nlayers, patch_tokens=spec.patch_tokens,
+                           patch_out_dim=spec.patch_prototypes)
 
 
 def multicrop_flops(crops_config: Any, *, image_size: int, in_channels: int) -> int:

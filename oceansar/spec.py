@@ -16,6 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from oceansar import masking
 from oceansar.augment import MultiCropSpec
 from oceansar.errors import ConfigError
 from oceansar.models.vit import parse_variant
@@ -414,6 +415,19 @@ class RunSpec:
         spec = cls(**{n: getattr(scalars, n) for n in flat}, **values)
         spec.check(num_devices=num_devices, process_count=process_count)
         return spec
+
+    @property
+    def patch_prototypes(self) -> int:
+        """K of the iBOT patch head: the separate head's, else the shared DINO head's."""
+        return self.ibot.out_dim if self.ibot.enabled and self.ibot.separate_head else self.model.out_dim
+
+    @property
+    def patch_tokens(self) -> int:
+        """Patch tokens per global crop that go through the patch head: the most a mask holds; 0 without iBOT."""
+        if not self.ibot.enabled:
+            return 0
+        grid = self.crops.global_size // self.model.patch
+        return masking.max_masked(grid * grid, self.ibot.mask_ratio)
 
     def check(self, *, num_devices: int | None, process_count: int = 1) -> None:
         """Rules across blocks and against the devices; errors name the field."""

@@ -53,14 +53,14 @@ def objectives(config) -> list[str]:
     return list(config.compare.objectives.keys())
 
 
+def arm(config, objective: str, method: str) -> str:
+    """The run name of one (objective, method): the method alone when one objective is compared."""
+    return method if len(objectives(config)) == 1 else f"{objective}/{method}"
+
+
 def arms(config) -> list[str]:
-    """Every trained (objective, method) as its run name: the method alone when one objective is compared."""
-    objs = objectives(config)
-    return [m if len(objs) == 1 else f"{o}/{m}" for o in objs for m in config.compare.methods]
-
-
-def _method(arm: str) -> str:
-    return arm.rpartition("/")[2]
+    """Every trained (objective, method)'s run name, objectives first."""
+    return [arm(config, o, m) for o in objectives(config) for m in config.compare.methods]
 
 
 def _check(config) -> None:
@@ -169,8 +169,8 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
     for seed in seeds:
         for objective in objs:
             base = _arm_config(config, seed, objective)
-            arm_dir = workdir / f"seed{seed}" / (objective if len(objs) > 1 else "")
-            warm = arm_dir / "warmup"
+            warm = workdir / f"seed{seed}" / arm(config, objective, "warmup")
+            arm_dir = warm.parent
             if not (warm / "release" / "model.json").is_file():
                 warm_config = base.copy_and_resolve_references()
                 warm_config.pruning.policy = "none"
@@ -179,7 +179,7 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
             static = _static_selections(base, arm_dir, warm / "release", methods, n)
             for method in methods:
                 run_dir = arm_dir / method
-                name = method if len(objs) == 1 else f"{objective}/{method}"
+                name = arm(config, objective, method)
                 if not (run_dir / "summary.json").is_file():
                     c = base.copy_and_resolve_references()
                     c.pruning.policy = METHODS[method]
@@ -190,7 +190,7 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
                     pretrain(c, run_dir)
                 raw["runs"][f"{name}/seed{seed}"] = _read_run(run_dir, warm)
                 bar.update(1)
-        first = workdir / f"seed{seed}" / (objs[0] if len(objs) > 1 else "") / methods[0]
+        first = workdir / f"seed{seed}" / arm(config, objs[0], methods[0])
         raw["runs"][f"at_init/seed{seed}"] = {"final": json.loads((first / "summary.json").read_text())["at_init"]}
     bar.close()
     return raw
@@ -226,11 +226,12 @@ def paired_table(raw: dict[str, Any], config) -> str:
     objective's full data minus the first objective's: mean ± standard error of the paired difference
     over seeds, and whether it is beyond two standard errors."""
     seeds, cols, objs = tuple(config.compare.seeds), columns(raw), objectives(config)
-    prefix = lambda o: "" if len(objs) == 1 else f"{o}/"  # noqa: E731
-    pairs = [(arm, f"{prefix(arm.partition('/')[0])}full", f"{arm} − full data") for arm in arms(config)
-             if _method(arm) != "full" and "full" in config.compare.methods]
+    pairs = []
     if "full" in config.compare.methods:
-        pairs += [(f"{o}/full", f"{objs[0]}/full", f"{o} − {objs[0]} (full data)") for o in objs[1:]]
+        pairs = [(arm(config, o, m), arm(config, o, "full"), f"{arm(config, o, m)} − full data")
+                 for o in objs for m in config.compare.methods if m != "full"]
+        pairs += [(arm(config, o, "full"), arm(config, objs[0], "full"), f"{o} − {objs[0]} (full data)")
+                  for o in objs[1:]]
     head = ["paired difference"] + [title for _, title, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b, label in pairs:

@@ -40,13 +40,9 @@ def build_model(run: RunSpec) -> DINOModel:
         model.variant, img_size=run.crops.global_size, in_channels=model.in_channels, out_dim=model.out_dim,
         hidden_dim=model.hidden_dim, bottleneck_dim=model.bottleneck_dim,
         norm_last_layer=model.norm_last_layer, drop_path_rate=model.drop_path_rate,
-        patch_out_dim=ibot.out_dim if ibot.enabled and ibot.separate_head else 0,
+        patch_out_dim=run.patch_prototypes if ibot.enabled and ibot.separate_head else 0,
         dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(run.seed))
 
-
-def patch_prototypes(run: RunSpec) -> int:
-    """K of the patch head: the separate head's, else the shared DINO head's."""
-    return run.ibot.out_dim if run.ibot.enabled and run.ibot.separate_head else run.model.out_dim
 
 
 def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformation):
@@ -64,7 +60,7 @@ def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformati
         teacher=jax.tree.map(jnp.copy, params),
         opt_state=tx.init(params),
         center=jnp.zeros((run.model.out_dim,), jnp.float32),
-        center_patch=jnp.zeros((patch_prototypes(run),), jnp.float32),
+        center_patch=jnp.zeros((run.patch_prototypes,), jnp.float32),
         loss_stats=loss_stats.init(num_samples),
         rng=jax.random.PRNGKey(run.seed + 1),
         finite=jnp.ones((), jnp.bool_),

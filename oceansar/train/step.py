@@ -121,9 +121,6 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
     """
     spec, d, ib = run.crops, run.dino, run.ibot
     grid = spec.global_size // run.model.patch
-    gathered = masking.max_masked(grid * grid, ib.mask_ratio)  # patch-head positions per global crop
-
-    targets = functools.partial(_targets, d)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
         step = state.step
@@ -133,16 +130,16 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
         globals_, locals_ = augment.multicrop(k_aug, images, spec)
         sched = scheduled(step, run, budget)
         masks = positions = valid = None
-        if ib.enabled:  # the student's global crops, iBOT's block masks; the head sees `gathered` tokens of each
+        if ib.enabled:  # the student's global crops, iBOT's block masks; the head sees run.patch_tokens of each
             masks = masking.block_masks(k_mask, globals_.shape[:2], (grid, grid), probability=ib.mask_probability,
                                         ratio=ib.mask_ratio)
-            positions, valid = masking.masked_positions(masks, gathered)
+            positions, valid = masking.masked_positions(masks, run.patch_tokens)
 
         teacher = nnx.merge(graphdef, state.teacher, rest)
         t_out = jax.lax.stop_gradient(teacher(globals_, train=False, patch_positions=positions))
-        t_p = targets(t_out["logits"], state.center, sched["teacher_temp"])
+        t_p = _targets(d, t_out["logits"], state.center, sched["teacher_temp"])
         if ib.enabled:
-            t_patch_p = targets(t_out["patch_logits"], state.center_patch, sched["teacher_patch_temp"], valid)
+            t_patch_p = _targets(d, t_out["patch_logits"], state.center_patch, sched["teacher_patch_temp"], valid)
 
         def loss_fn(params):
             student = nnx.merge(graphdef, params, rest)
