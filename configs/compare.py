@@ -5,6 +5,8 @@ r"""The equal-compute comparison: full, random, static and dynamic curation, sam
     python launch.py --mode=compare --config=configs/compare.py:smoke --workdir=/tmp/cmp           # seconds
     python launch.py --mode=compare --config=configs/compare.py:objectives=dino+dinov2 \
         '--config.compare.methods=("full",)' --workdir=runs/objectives                             # DINO vs DINOv2
+    python launch.py --mode=compare --config=configs/compare.py:data=pool+subset+uniform+exponential+heavy,\
+methods=less_is_more --workdir=runs/less_is_more                                                   # the data grid
 
 Every method trains the default recipe's model (configs/default.py) for the same number of examples
 seen, continuing from one shared full-data warm-up per seed (T_w, ended at an epoch boundary): full
@@ -15,6 +17,15 @@ evaluated identically every `evals.<name>.every_examples` and at the end; `<work
 final numbers (mean ± std over seeds) and `accuracy.png` / `class_mix.png` draw the curves and the
 hidden class mix each method trained on. Rerunning the command resumes: finished runs are read back,
 an interrupted one continues from its checkpoint.
+
+`data` adds Less-is-More's data axis (Barseghyan et al., 2025), each entry trained from its own warm-up to the
+same budget: `pool` (the pool as it is, with `compare.methods`; `methods=less_is_more` makes them
+hierarchical-k-means subsets of 50, 20 and 5 % and SemDeDup at eps 0.01 and 0.05), `subset` (a random 20 % of
+the pool), `uniform` (that subset, every image 5 times: itself and 4 near-duplicates made as
+`data.pool_transform`'s copies, here SAR speckle), `exponential` and `heavy` (the same number of copies with
+multiplicities skewed as exp(-5 r) and exp(-20 r) over the originals' rank r in [0, 1): their top tenth holds 40 %
+and 86 % of the copies), and the uniform pool filtered by SemDeDup back to the subset's size (`uniform`'s
+`static_semdedup@rho=0.2`: Less-is-More names a "filtered" variant without defining it; this is ours).
 
 `scale` multiplies the pool, the budget, the warm-up and the evaluation interval (the schedules follow
 the budget); the default (1) took 31 min on a 2-core CPU (2 seeds x 6 methods, 2000 steps each).
@@ -32,14 +43,45 @@ OBJECTIVES = {"dino": {}, "dinov2": common.DINOV2, "ibot": {"ibot": common.DINOV
               "koleo": {"dino": common.DINOV2["dino"]}}
 
 
+# The pool-side methods of the Less-is-More grid: hierarchical-k-means subsets down to 5 %, SemDeDup at two eps.
+METHOD_SETS = {
+    "default": ("full", "random", "static_semdedup", "static_hkmeans", "dynamic", "dynamic_infobatch"),
+    "less_is_more": ("full", "static_hkmeans@rho=0.5", "static_hkmeans@rho=0.2", "static_hkmeans@rho=0.05",
+                     "static_semdedup@eps=0.01", "static_semdedup@eps=0.05"),
+}
+
+
 def _objective(name: str) -> dict:
     if name not in OBJECTIVES:
         raise ValueError(f"config arg: unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
     return copy.deepcopy(OBJECTIVES[name])  # each its own blocks: a later override touches one objective
 
 
+def _data(name: str, copies: float) -> dict:
+    """One entry of the data axis: a patch of `data.duplication` (and the methods a duplicated pool trains)."""
+    def duplicated(scheme, skew=0.0, methods=("full",)):
+        # The simulator's near-duplicates are SAR: speckled (`...data.pool_transform.degradation=jpeg` for optical).
+        return {"data": {"duplication": {"scheme": scheme, "skew": skew}, "pool_transform": {"degradation": "speckle"}},
+                "compare": {"methods": methods}}
+
+    known = {
+        "pool": lambda: {},
+        "subset": lambda: duplicated("subset"),
+        # "filtered": the uniform pool, SemDeDup'd back to the base subset's size.
+        "uniform": lambda: duplicated("uniform", methods=("full", f"static_semdedup@rho={1 / copies:.6g}")),
+        "exponential": lambda: duplicated("exponential", skew=5.0),
+        "heavy": lambda: duplicated("exponential", skew=20.0),
+    }
+    if name not in known:
+        raise ValueError(f"config arg: unknown data variant {name!r}; known: {', '.join(known)}")
+    return known[name]()
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = common.parse_arg(arg, scale=1, seeds=2, variant="mu/8", smoke=False, objectives="dino")
+    arg = common.parse_arg(arg, scale=1, seeds=2, variant="mu/8", smoke=False, objectives="dino", data="pool",
+                           methods="default")
+    if arg.methods not in METHOD_SETS:
+        raise ValueError(f"config arg: unknown methods {arg.methods!r}; known: {', '.join(METHOD_SETS)}")
     smoke = "smoke" if arg.smoke else ""
     c = default.get_config(",".join(filter(None, [f"variant={arg.variant}", smoke])))
     c.name = "compare"
@@ -54,13 +96,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_at_init = False          # the random-init reference is evaluated once per seed
     c.progress = False              # one line per run instead of a bar per run
 
+    if arg.smoke:  # a base subset of 16 images = one batch of the 64-image pool, 4 members each
+        c.data.duplication.update(base_fraction=0.25, copies=4.0)
     c.compare = dict(
-        methods=("full", "random", "static_semdedup", "static_hkmeans", "dynamic",
-                 "dynamic_infobatch"),
+        # `name` or `name@rho=<fraction>` (`static_semdedup@eps=<eps>`): oceansar.apps.compare.METHODS
+        methods=METHOD_SETS[arg.methods],
         seeds=tuple(range(int(arg.seeds))),   # each seed draws its own pool, init and data order
-        # The objective axis: name -> patch of this config (OBJECTIVES), each trained from its own
-        # warm-up with every method.
+        # The objective and data axes: name -> patch of this config (OBJECTIVES, _data), each pair trained
+        # from its own warm-up; a patch may set compare.methods for its pair.
         objectives={name: _objective(name) for name in arg.objectives.split("+")},
+        data={name: _data(name, c.data.duplication.copies) for name in arg.data.split("+")},
+        # The order of the axes' entries in the tables (the first of each the reference of the paired
+        # differences): the arg's.
+        order=tuple(arg.objectives.split("+")) + tuple(arg.data.split("+")),
         # Static curation is sized from the pool the run actually has (counted, not data.num_samples):
         # hierarchical k = N/20, N/200, N/2000 (Vo et al., arXiv 2405.15613), and SemDeDup clusters of
         # about 128 points whose eps is found so that the subset keeps pruning.rho of the pool, like every

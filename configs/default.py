@@ -53,6 +53,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             looks=4.0,             # speckle looks
             seed=0,
         ),
+        duplication=dict(          # Less-is-More's controlled duplication of a random base subset; its
+                                   # copies are made as pool_transform's near-duplicates (crop, ..., looks)
+            scheme="none",         # none | subset (plain) | uniform | exponential (skewed multiplicities)
+            base_fraction=0.2,     # the base subset, a fraction of the pool
+            copies=5.0,            # mean members per original, the original included
+            skew=5.0,              # exponential: top tenth of the originals holds 40 % of the copies (20: 86 %)
+            seed=0,
+        ),
     )
     c.model = dict(
         variant=arg.variant,       # ViT variant string: Ti/16, S/16, S/8, B/16, B/8, mu/8 (tiny)

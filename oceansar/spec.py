@@ -18,6 +18,7 @@ from typing import Any
 
 from oceansar import masking
 from oceansar.augment import MultiCropSpec
+from oceansar.data.duplication import SCHEMES as DUPLICATION_SCHEMES
 from oceansar.errors import ConfigError
 from oceansar.models.vit import parse_variant
 
@@ -116,6 +117,24 @@ class PoolSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class DuplicationSpec:
+    """Controlled duplication of a base subset (`config.data.duplication`; `data.duplication.DuplicatedPool`)."""
+
+    scheme: str                      # none | subset | uniform | exponential
+    base_fraction: float             # the base subset, a fraction of the pool
+    copies: float                    # mean members per original, the original included
+    skew: float                      # exponential: multiplicities proportional to exp(-skew rank / n)
+    seed: int
+
+    def __post_init__(self):
+        _require(self.scheme in DUPLICATION_SCHEMES, "scheme",
+                 f"{self.scheme!r} is not one of {DUPLICATION_SCHEMES}")
+        _require(0 < self.base_fraction <= 1, "base_fraction", f"must be in (0, 1], got {self.base_fraction}")
+        _require(self.copies >= 1, "copies", f"must be >= 1, got {self.copies}")
+        _require(self.skew >= 0, "skew", f"must be >= 0, got {self.skew}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
     """The pretraining pool (`config.data`)."""
 
@@ -135,6 +154,7 @@ class DataSpec:
     worker_count: int
     cache: bool
     pool_transform: PoolSpec   # a redundant, heavy-tailed pool over a labelled source
+    duplication: DuplicationSpec  # a base subset with controlled duplication (its copies made as pool_transform's)
 
     def __post_init__(self):
         _require(self.source in SOURCES, "source", f"unknown source {self.source!r}; known: {SOURCES}")
@@ -471,4 +491,4 @@ def _top_fields() -> list[tuple[str, Any]]:
 _Top = dataclasses.make_dataclass("_Top", _top_fields(), frozen=True)
 
 # Blocks inside blocks, by the annotation that names them.
-_NESTED = {"PoolSpec": PoolSpec}
+_NESTED = {"PoolSpec": PoolSpec, "DuplicationSpec": DuplicationSpec}

@@ -128,3 +128,47 @@ def test_an_objective_patch_with_an_unknown_field_is_named(tmp_path):
     c.compare.objectives = {"typo": {"ibot": {"wieght": 1.0}}}
     with pytest.raises(ValueError, match="config.compare.objectives.typo: ibot.wieght is not a config field"):
         compare.compare(c, tmp_path)
+
+
+def test_data_axis_trains_each_duplicated_pool_from_its_own_warmup(tmp_path):
+    c = compare_config.get_config("smoke,seeds=1,data=pool+subset+uniform+heavy")
+    c.compare.methods = ("full", "static_hkmeans@rho=0.25")
+    c.evals.wv.probes = ("knn",)
+    raw = compare.compare(c, tmp_path)
+    assert raw["data"] == ["pool", "subset", "uniform", "heavy"]             # the arg's order, not sorted
+    sizes = {name: v["pool_size"] for name, v in raw["variants"].items()}
+    assert sizes == {"pool": 64, "subset": 16, "uniform": 64, "heavy": 64}   # base 25 % x 4 members
+    for name, scheme in (("subset", "subset"), ("uniform", "uniform"), ("heavy", "exponential")):
+        config = json.loads((tmp_path / "seed0" / name / "full" / "config.json").read_text())
+        assert config["data"]["duplication"]["scheme"] == scheme
+        assert (tmp_path / "seed0" / name / "warmup" / "release" / "model.json").is_file()
+    assert json.loads((tmp_path / "seed0" / "heavy" / "full" / "config.json").read_text())[
+        "data"]["duplication"]["skew"] == 20.0
+    # Subset sizes by method parameter; "filtered" = the uniform pool SemDeDup'd back to the base subset's size.
+    assert np.load(tmp_path / "seed0" / "pool" / "curate_hkmeans@rho=0.25" / "kept_indices.npy").size == 16
+    filtered = np.load(tmp_path / "seed0" / "uniform" / "curate_semdedup@rho=0.25" / "kept_indices.npy")
+    assert filtered.size == 16
+    # Only the pool variant trains the pool-side methods; the duplicated pools train full data.
+    assert sorted(k for k in raw["runs"] if not k.startswith("at_init")) == sorted(
+        f"{a}/seed0" for a in ["pool/full", "pool/static_hkmeans@rho=0.25", "subset/full", "uniform/full",
+                               "uniform/static_semdedup@rho=0.25", "heavy/full"])
+    # The hidden truth of each pool: the duplicated ones repeat their originals' duplicate groups.
+    pools = {name: raw["runs"][f"{name}/full/seed0"]["pool_engagement"] for name in sizes}
+    assert pools["uniform"]["near_duplicate_share"] >= 0.75 > pools["subset"]["near_duplicate_share"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| uniform − pool (full data) |" in text and "| pool: heavy |" in text
+    assert "| uniform/static_semdedup@rho=0.25 − uniform/full |" in text
+
+
+def test_a_method_parameter_is_applied_and_checked_before_training(tmp_path):
+    c = compare_config.get_config("smoke,seeds=1")
+    semdedup = compare._curate_config(compare._method_config(c, "static_semdedup@eps=0.05"),
+                                      "static_semdedup@eps=0.05", 64, tmp_path)
+    assert (semdedup.semdedup.eps, tuple(semdedup.semdedup.eps_list), semdedup.semdedup.target_fraction) == (
+        0.05, (0.05,), 0.0)
+    hkmeans = compare._curate_config(compare._method_config(c, "static_hkmeans@rho=0.1"), "static_hkmeans@rho=0.1",
+                                     64, tmp_path)
+    assert hkmeans.target_fraction == 0.1
+    c.compare.methods = ("full", "static_hkmeans@eps=0.1")
+    with pytest.raises(ValueError, match="static_hkmeans takes @rho=<float>"):
+        compare.compare(c, tmp_path)

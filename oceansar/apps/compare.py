@@ -10,10 +10,14 @@ Results are read back from each run's `summary.json` and `metrics.jsonl`; the ta
 headline metrics of the evaluators that ran (`summary.json`'s `evaluated`). A finished run is never
 redone and an interrupted one resumes from its own checkpoint, so rerunning the command continues.
 
-`compare.objectives` adds an objective axis: each named entry is a patch of the config (e.g. DINOv2's
-`{"ibot": {"weight": 1.0}, "dino": {"koleo_weight": 0.1}}`), trained from its own warm-up with every
-method, at the same budget. With more than one, runs live in `seed<s>/<objective>/` and are named
-`<objective>/<method>`; the paired table also gives each objective's full-data run minus the first's.
+Two more axes are named config patches, each (objective, data) pair a variant trained from its own warm-up
+at the same budget: `compare.objectives` (e.g. DINOv2's `{"ibot": {"weight": 1.0}, "dino": {"koleo_weight":
+0.1}}`) and `compare.data` (e.g. Less-is-More's controlled duplication, `{"data": {"duplication": {"scheme":
+"uniform"}}}`). A patch may set `compare.methods` for its variant (a duplicated pool trains only `full`).
+Runs live in `seed<s>/<objective>/<data>/<method>`, each axis named only when it has more than one entry,
+and the paired table also gives each variant's full-data run minus the first variant's. A method may carry
+one parameter, `static_hkmeans@rho=0.05` (a subset of 5 % of the pool) or `static_semdedup@eps=0.1`
+(SemDeDup at that eps instead of the eps that keeps rho), so subsets of several sizes compare in one table.
 """
 from __future__ import annotations
 
@@ -48,32 +52,89 @@ METHODS = {                       # method -> pruning.policy
 }
 
 
+# The parameter a method may carry (`static_hkmeans@rho=0.05`): rho for every subset method, eps for SemDeDup.
+PARAMETERS = {m: ("rho", "eps") if m == "static_semdedup" else ("rho",) for m in METHODS if m != "full"}
+
+
+def parse_method(name: str) -> tuple[str, dict[str, float]]:
+    """`static_hkmeans@rho=0.05` -> (`static_hkmeans`, {"rho": 0.05}).
+
+    Raises:
+      ConfigError: naming `config.compare.methods` for an unknown method or parameter.
+    """
+    method, _, parameter = name.partition("@")
+    if method not in METHODS:
+        raise ConfigError(f"config.compare.methods: unknown {name!r}; known: {tuple(METHODS)}")
+    if not parameter:
+        return method, {}
+    key, _, value = parameter.partition("=")
+    try:
+        if key not in PARAMETERS.get(method, ()):
+            raise ValueError
+        return method, {key: float(value)}
+    except ValueError:
+        raise ConfigError(f"config.compare.methods: {name!r}: {method} takes "
+                          f"{' or '.join(f'@{k}=<float>' for k in PARAMETERS.get(method, ())) or 'no parameter'}"
+                          ) from None
+
+
+def _ordered(config, names) -> list[str]:
+    """`names` in `compare.order` (a ConfigDict lists its keys sorted), any not named there after, sorted."""
+    order = list(config.compare.get("order", ()))
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
 def objectives(config) -> list[str]:
-    """The objective axis: the names of `compare.objectives`, in order."""
-    return list(config.compare.objectives.keys())
+    """The objective axis: the names of `compare.objectives`, the reference (first) first."""
+    return _ordered(config, config.compare.objectives.keys())
 
 
-def arm(config, objective: str, method: str) -> str:
-    """The run name of one (objective, method): the method alone when one objective is compared."""
-    return method if len(objectives(config)) == 1 else f"{objective}/{method}"
+def data_variants(config) -> list[str]:
+    """The data axis: the names of `compare.data`, the reference (first) first."""
+    return _ordered(config, config.compare.data.keys())
+
+
+def variants(config) -> list[tuple[str, str]]:
+    """Every (objective, data) pair, objectives first: each trains from its own warm-up."""
+    return [(o, d) for o in objectives(config) for d in data_variants(config)]
+
+
+def variant_name(config, variant: tuple[str, str]) -> str:
+    """`objective/data`, each part only when its axis has more than one entry ("" when neither has)."""
+    axes = (objectives(config), data_variants(config))
+    return "/".join(name for name, axis in zip(variant, axes) if len(axis) > 1)
+
+
+def arm(config, variant: tuple[str, str], method: str) -> str:
+    """The run name (and directory under `seed<s>/`) of one method of one variant."""
+    return "/".join(filter(None, (variant_name(config, variant), method)))
+
+
+def variant_methods(config, variant: tuple[str, str]) -> tuple[str, ...]:
+    """The methods a variant trains: `compare.methods`, or its own where its patch sets them."""
+    return tuple(_arm_config(config, config.compare.seeds[0], variant).compare.methods)
 
 
 def arms(config) -> list[str]:
-    """Every trained (objective, method)'s run name, objectives first."""
-    return [arm(config, o, m) for o in objectives(config) for m in config.compare.methods]
+    """Every trained run's name, variant by variant."""
+    return [arm(config, v, m) for v in variants(config) for m in variant_methods(config, v)]
 
 
 def _check(config) -> None:
     """Names the bad field before anything trains."""
-    unknown = [m for m in config.compare.methods if m not in METHODS]
-    if unknown or not config.compare.methods:
-        raise ConfigError(f"config.compare.methods: unknown {unknown or 'empty list'}; known: {tuple(METHODS)}")
     if not config.compare.seeds:
         raise ConfigError("config.compare.seeds: empty")
-    if not objectives(config) or any("/" in o for o in objectives(config)):
-        raise ConfigError("config.compare.objectives: give at least one named config patch (names without '/')")
-    for objective in objectives(config):  # every patch applies and validates before anything trains
-        run_spec(_arm_config(config, config.compare.seeds[0], objective))
+    for axis, names in (("objectives", objectives(config)), ("data", data_variants(config))):
+        if not names or any("/" in name for name in names):
+            raise ConfigError(f"config.compare.{axis}: give at least one named config patch (names without '/')")
+    for variant in variants(config):  # every patch and method applies and validates before anything trains
+        base = _arm_config(config, config.compare.seeds[0], variant)
+        if not base.compare.methods:
+            raise ConfigError(f"config.compare.methods: empty for {variant_name(config, variant) or 'the run'}")
+        for method in base.compare.methods:
+            c = _method_config(base, method)
+            c.pruning.selection = "curated" if c.pruning.policy == "static" else ""  # curated after the warm-up
+            run_spec(c)
     if not any(e.every_examples > 0 for e in config.evals.values()):
         raise ConfigError("config.evals: the comparison evaluates along the budget; give an evaluator "
                          "every_examples > 0")
@@ -96,15 +157,20 @@ def _prefix_steps(config, n: int) -> int:
 
 
 def _curate_config(config, method: str, n: int, embed_dir: pathlib.Path):
-    """The curate recipe of a static method, sized from the pool of n: hierarchical k from
-    `compare.hkmeans_divisors`, SemDeDup's clusters from `compare.semdedup_points_per_cluster` and its eps
-    found from the target fraction rho."""
+    """The curate recipe of a static method (`config` is its run's: rho applied), sized from the pool of n:
+    hierarchical k from `compare.hkmeans_divisors`, SemDeDup's clusters from
+    `compare.semdedup_points_per_cluster` and its eps the method's, else found from the target fraction rho."""
     cmp = config.compare
-    c = (cmp.curate_semdedup if method == "static_semdedup" else cmp.curate_hkmeans).copy_and_resolve_references()
+    kind, parameters = parse_method(method)
+    c = (cmp.curate_semdedup if kind == "static_semdedup" else cmp.curate_hkmeans).copy_and_resolve_references()
     c.embeddings, c.seed = str(embed_dir), config.seed
-    if method == "static_semdedup":
+    if kind == "static_semdedup":
         c.semdedup.n_clusters = max(n // cmp.semdedup_points_per_cluster, 2)
-        c.semdedup.target_fraction = config.pruning.rho
+        if "eps" in parameters:
+            c.semdedup.target_fraction = 0.0
+            c.semdedup.eps, c.semdedup.eps_list = parameters["eps"], (parameters["eps"],)
+        else:
+            c.semdedup.target_fraction = config.pruning.rho
     else:
         c.hkmeans.n_clusters = tuple(max(n // d, 2) for d in cmp.hkmeans_divisors)
         c.target_fraction = config.pruning.rho
@@ -115,7 +181,7 @@ def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path
                        n: int) -> dict[str, pathlib.Path]:
     """Embeds the pool with the warm-up teacher and curates it once per static method."""
     out: dict[str, pathlib.Path] = {}
-    wanted = [m for m in methods if METHODS[m] == "static"]
+    wanted = [m for m in methods if METHODS[parse_method(m)[0]] == "static"]
     if not wanted:
         return out
     embed_dir = seed_dir / "embed"
@@ -126,7 +192,7 @@ def _static_selections(config, seed_dir: pathlib.Path, release_dir: pathlib.Path
         curate_dir = seed_dir / f"curate_{method.removeprefix('static_')}"
         out[method] = curate_dir
         if not (curate_dir / KEPT_FILE).is_file():
-            curate(_curate_config(config, method, n, embed_dir), curate_dir)
+            curate(_curate_config(_method_config(config, method), method, n, embed_dir), curate_dir)
     return out
 
 
@@ -139,37 +205,52 @@ def _embed_config(config, release_dir: pathlib.Path):
     return e
 
 
-def _arm_config(config, seed: int, objective: str):
-    """The config of one seed and objective: the objective's patch applied field by field."""
+def _arm_config(config, seed: int, variant: tuple[str, str]):
+    """The config of one seed and variant: its objective's patch, then its data patch, field by field."""
     c = config.copy_and_resolve_references()
     c.seed = seed
 
-    def patch(block, values, path):
+    def patch(block, values, path, where):
         for key, value in values.items():
             if key not in block:
-                raise ConfigError(f"config.compare.objectives.{objective}: {path}{key} is not a config field")
+                raise ConfigError(f"config.compare.{where}: {path}{key} is not a config field")
             if hasattr(value, "items"):
-                patch(block[key], value, f"{path}{key}.")
+                patch(block[key], value, f"{path}{key}.", where)
             else:
                 block[key] = value
 
-    patch(c, config.compare.objectives[objective], "")
+    objective, data = variant
+    patch(c, config.compare.objectives[objective], "", f"objectives.{objective}")
+    patch(c, config.compare.data[data], "", f"data.{data}")
+    return c
+
+
+def _method_config(base, method: str):
+    """A variant's config with the method's policy and parameter applied."""
+    kind, parameters = parse_method(method)
+    c = base.copy_and_resolve_references()
+    c.pruning.policy = METHODS[kind]
+    if "rho" in parameters:
+        c.pruning.rho = parameters["rho"]
     return c
 
 
 def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
-    """Trains every (seed, objective, method) that is not finished yet; returns the raw results."""
-    methods, seeds, objs = tuple(config.compare.methods), tuple(config.compare.seeds), objectives(config)
-    n = pool_size(config)
-    prefix = _prefix_steps(config, n)
+    """Trains every (seed, variant, method) that is not finished yet; returns the raw results."""
+    seeds, all_variants = tuple(config.compare.seeds), variants(config)
     is_main = jax.process_index() == 0
-    bar = tqdm(total=len(seeds) * len(objs) * (len(methods) + 1), desc="compare", unit="run",
-               disable=not is_main, dynamic_ncols=True)
-    raw: dict[str, Any] = {"prefix_steps": prefix, "pool_size": n, "objectives": objs, "runs": {}}
+    bar = tqdm(total=len(seeds) * sum(len(variant_methods(config, v)) + 1 for v in all_variants),
+               desc="compare", unit="run", disable=not is_main, dynamic_ncols=True)
+    raw: dict[str, Any] = {"objectives": objectives(config), "data": data_variants(config), "variants": {},
+                           "runs": {}}
     for seed in seeds:
-        for objective in objs:
-            base = _arm_config(config, seed, objective)
-            warm = workdir / f"seed{seed}" / arm(config, objective, "warmup")
+        for variant in all_variants:
+            base = _arm_config(config, seed, variant)
+            methods = tuple(base.compare.methods)
+            n = pool_size(base)
+            prefix = _prefix_steps(base, n)
+            raw["variants"][variant_name(config, variant)] = {"pool_size": n, "prefix_steps": prefix}
+            warm = workdir / f"seed{seed}" / arm(config, variant, "warmup")
             arm_dir = warm.parent
             if not (warm / "release" / "model.json").is_file():
                 warm_config = base.copy_and_resolve_references()
@@ -179,20 +260,21 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
             static = _static_selections(base, arm_dir, warm / "release", methods, n)
             for method in methods:
                 run_dir = arm_dir / method
-                name = arm(config, objective, method)
+                name = arm(config, variant, method)
                 if not (run_dir / "summary.json").is_file():
-                    c = base.copy_and_resolve_references()
-                    c.pruning.policy = METHODS[method]
+                    c = _method_config(base, method)
                     c.pruning.selection = str(static.get(method, ""))
                     c.resume = str(warm / "checkpoints")
-                    c.eval_at_init = method == methods[0] and objective == objs[0]  # once per seed
+                    c.eval_at_init = method == methods[0] and variant == all_variants[0]  # once per seed
                     bar.set_postfix(seed=seed, run=name)
                     pretrain(c, run_dir)
                 raw["runs"][f"{name}/seed{seed}"] = _read_run(run_dir, warm)
                 bar.update(1)
-        first = workdir / f"seed{seed}" / arm(config, objs[0], methods[0])
+        first = workdir / f"seed{seed}" / arm(config, all_variants[0], variant_methods(config, all_variants[0])[0])
         raw["runs"][f"at_init/seed{seed}"] = {"final": json.loads((first / "summary.json").read_text())["at_init"]}
     bar.close()
+    first = raw["variants"][variant_name(config, all_variants[0])]
+    raw["pool_size"], raw["prefix_steps"] = first["pool_size"], first["prefix_steps"]
     return raw
 
 
@@ -222,16 +304,17 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def paired_table(raw: dict[str, Any], config) -> str:
-    """Each method minus full data on the same seed and objective (same pool, init and warm-up), and each
-    objective's full data minus the first objective's: mean ± standard error of the paired difference
-    over seeds, and whether it is beyond two standard errors."""
-    seeds, cols, objs = tuple(config.compare.seeds), columns(raw), objectives(config)
-    pairs = []
-    if "full" in config.compare.methods:
-        pairs = [(arm(config, o, m), arm(config, o, "full"), f"{arm(config, o, m)} − full data")
-                 for o in objs for m in config.compare.methods if m != "full"]
-        pairs += [(arm(config, o, "full"), arm(config, objs[0], "full"), f"{o} − {objs[0]} (full data)")
-                  for o in objs[1:]]
+    """Each method minus full data on the same seed and variant (same pool, init and warm-up), and each
+    variant's full data minus the first variant's: mean ± standard error of the paired difference over seeds,
+    and whether it is beyond two standard errors."""
+    seeds, cols, all_variants = tuple(config.compare.seeds), columns(raw), variants(config)
+    full = {v: arm(config, v, "full") for v in all_variants if "full" in variant_methods(config, v)}
+    pairs = [(arm(config, v, m), full[v], f"{arm(config, v, m)} − {'full data' if len(all_variants) == 1 else full[v]}")
+             for v in full for m in variant_methods(config, v) if m != "full"]
+    first = all_variants[0]
+    if first in full:
+        pairs += [(full[v], full[first], f"{variant_name(config, v)} − {variant_name(config, first)} (full data)")
+                  for v in all_variants[1:] if v in full]
     head = ["paired difference"] + [title for _, title, _ in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b, label in pairs:
@@ -247,17 +330,26 @@ def paired_table(raw: dict[str, Any], config) -> str:
 
 
 def engagement_table(raw: dict[str, Any], config) -> str:
-    """Redundancy of what each method trained on after the warm-up (mean over log steps and seeds),
-    next to the pool's, from the pool's hidden classes and duplicate groups."""
-    runs = {m: [raw["runs"][f"{m}/seed{s}"] for s in config.compare.seeds] for m in arms(config)}
-    keys = [k for k in ENGAGEMENT if all(k in r["engagement"] for rs in runs.values() for r in rs)]
+    """Redundancy of what each method trained on after the warm-up (mean over log steps and seeds), next to
+    its pool's (one row per data variant), from the pool's hidden classes and duplicate groups."""
+    seeds = config.compare.seeds
+    runs = {v: {arm(config, v, m): [raw["runs"][f"{arm(config, v, m)}/seed{s}"] for s in seeds]
+                for m in variant_methods(config, v)} for v in variants(config)}
+    every = [r for per_variant in runs.values() for rs in per_variant.values() for r in rs]
+    keys = [k for k in ENGAGEMENT if all(k in r["engagement"] and k in r["pool_engagement"] for r in every)]
     if not keys:
         return ""
     lines = ["| selection | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    pool = next(iter(runs.values()))[0]["pool_engagement"]
-    lines.append("| pool | " + " | ".join(f"{pool[k]:.3f}" for k in keys) + " |")
-    for m, rs in runs.items():
-        lines.append(f"| {m} | " + " | ".join(f"{np.mean([r['engagement'][k] for r in rs]):.3f}" for k in keys) + " |")
+    pools_shown = set()
+    for (_, data), per_variant in runs.items():
+        if data not in pools_shown:  # the pool is the data variant's, whatever the objective
+            pools_shown.add(data)
+            pool = np.mean([[r["pool_engagement"][k] for k in keys] for rs in per_variant.values() for r in rs], 0)
+            label = "pool" if len(data_variants(config)) == 1 else f"pool: {data}"
+            lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in pool) + " |")
+        for name, rs in per_variant.items():
+            lines.append(f"| {name} | "
+                         + " | ".join(f"{np.mean([r['engagement'][k] for r in rs]):.3f}" for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -370,16 +462,22 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
     md = table(raw, config)
     prefix = raw["prefix_steps"] * config.batch_size
     engaged = engagement_table(raw, config)
+    several = len(variants(config)) > 1
+    pools = ", ".join(f"{name}: {v['pool_size']}" for name, v in raw["variants"].items())
     text = "\n".join([
         f"# Equal-compute comparison: {config.total_examples} examples seen per run",
         "",
         f"Model {config.model.variant}"
         + (f", objectives {', '.join(objectives(config))}" if len(objectives(config)) > 1 else "")
+        + (f", data variants {', '.join(data_variants(config))} (pool sizes {pools})"
+           if len(data_variants(config)) > 1 else "")
         + f", pool of {raw['pool_size']} {config.data.source} images"
         + (" (redundant pool transform)" if config.data.pool_transform.enabled else "")
-        + f", batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues the "
-        + ("same" if len(objectives(config)) == 1 else "its objective's")
-        + f" full-data warm-up of {prefix} examples. Final evaluation of the teacher by the evaluators "
+        + f", batch {config.batch_size}, seeds {list(config.compare.seeds)}; every method continues "
+        + ("its variant's" if several else "the same")
+        + f" full-data warm-up of {prefix} examples"
+        + (" (rounded up to an epoch of each variant's pool)" if several else "")
+        + ". Final evaluation of the teacher by the evaluators "
         f"{', '.join(config.evals.keys())}; "
         "mean ± std over seeds; best method per column in bold. `final kept`: the fraction of the pool "
         "in the last epoch's selection; `pool seen`: the fraction of the pool trained on at least once. "
@@ -389,7 +487,7 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         md,
         "",
         "Paired differences: each method minus full data on the same seed (same pool, initialisation and "
-        "warm-up)" + (", and each objective's full data minus the first's" if len(objectives(config)) > 1 else "")
+        "warm-up)" + (", and each variant's full data minus the first's" if several else "")
         + ", mean ± standard error over seeds.",
         "",
         paired_table(raw, config),

@@ -3,7 +3,9 @@
 `sources` defines the `Source` protocol and builds the sources a run's specs name; `synthetic/` is the embedded
 Sentinel-1 WV simulator, the default dataset; `folder` is the image-folder source (class folders or a labels CSV);
 `wv_files` reads real WV quicklook PNGs and GeoTIFF measurement files as sigma0 in dB; `opensarship` the OpenSARShip
-calibrated ship chips, labelled, on the same sigma0 scale; `tfds_wv` builds a TFDS
+calibrated ship chips, labelled, on the same sigma0 scale; `pool` makes any labelled source a redundant,
+heavy-tailed pool and `duplication` a base subset with controlled duplication, both keeping their redundancy as
+hidden truth; `tfds_wv` builds a TFDS
 dataset from a local WV archive and reads any prepared TFDS dataset; `decode` holds the per-file decoding and resizing
 the file-based sources share; `cache` is an in-memory copy of a source that fits in memory; `selection` holds the
 Selection (which source samples an epoch visits, with what loss weight) and owns its file format; `pipeline` is the

@@ -68,6 +68,34 @@ def _originals(labels: np.ndarray, p: np.ndarray, num_originals: int, rng) -> np
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
 
 
+def near_duplicate(image: np.ndarray, spec, rng: np.random.Generator) -> np.ndarray:
+    """A near-duplicate of `image`: a random crop resized back, a brightness factor, then JPEG re-encoding or
+    multiplicative speckle, as `spec` (a `PoolSpec`: crop, brightness, degradation, jpeg_quality, looks) says."""
+    h, w = image.shape[:2]
+    side = rng.uniform(*spec.crop)
+    ch, cw = max(1, round(side * h)), max(1, round(side * w))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    is_float = image.dtype.kind == "f"
+    unit = image.astype(np.float32) if is_float else image.astype(np.float32) / 255.0
+    pil = Image.fromarray(np.uint8(np.clip(unit * 255.0 + 0.5, 0, 255)).squeeze(-1) if image.shape[-1] == 1
+                          else np.uint8(np.clip(unit * 255.0 + 0.5, 0, 255)))
+    pil = pil.crop((int(x), int(y), int(x + cw), int(y + ch))).resize((w, h), Image.BICUBIC)
+    out = np.asarray(pil, np.float32) / 255.0
+    out = (out[..., None] if out.ndim == 2 else out) * rng.uniform(*spec.brightness)
+    if spec.degradation == "jpeg":
+        quality = int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))
+        buffer = io.BytesIO()
+        pixels = np.uint8(np.clip(out * 255.0 + 0.5, 0, 255))
+        Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
+            buffer, format="JPEG", quality=quality)
+        out = np.asarray(Image.open(buffer), np.float32) / 255.0
+        out = out[..., None] if out.ndim == 2 else out
+    elif spec.degradation == "speckle":
+        out = out * rng.gamma(spec.looks, 1.0 / spec.looks, out.shape)
+    out = np.clip(out, 0.0, 1.0)
+    return out.astype(image.dtype) if is_float else np.uint8(out * 255.0 + 0.5)
+
+
 class RedundantPool:
     """A heavy-tailed pool with near-duplicate bursts over a labelled `base` source (see the module docstring).
 
@@ -120,35 +148,8 @@ class RedundantPool:
             raise IndexError(f"index {index} out of range for a pool of {len(self)}")
         image = np.asarray(self.base[int(self._base_index[index])]["image"])
         if self._copy[index]:
-            image = self._degrade(image, np.random.default_rng([self.spec.seed, 0xD0, index]))
+            image = near_duplicate(image, self.spec, np.random.default_rng([self.spec.seed, 0xD0, index]))
         return {"image": image, "sample_id": np.int64(index)}
-
-    def _degrade(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A near-duplicate of `image`: crop, brightness, then JPEG re-encoding or speckle."""
-        s = self.spec
-        h, w = image.shape[:2]
-        side = rng.uniform(*s.crop)
-        ch, cw = max(1, round(side * h)), max(1, round(side * w))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        is_float = image.dtype.kind == "f"
-        unit = image.astype(np.float32) if is_float else image.astype(np.float32) / 255.0
-        pil = Image.fromarray(np.uint8(np.clip(unit * 255.0 + 0.5, 0, 255)).squeeze(-1) if image.shape[-1] == 1
-                              else np.uint8(np.clip(unit * 255.0 + 0.5, 0, 255)))
-        pil = pil.crop((int(x), int(y), int(x + cw), int(y + ch))).resize((w, h), Image.BICUBIC)
-        out = np.asarray(pil, np.float32) / 255.0
-        out = (out[..., None] if out.ndim == 2 else out) * rng.uniform(*s.brightness)
-        if s.degradation == "jpeg":
-            quality = int(rng.integers(s.jpeg_quality[0], s.jpeg_quality[1] + 1))
-            buffer = io.BytesIO()
-            pixels = np.uint8(np.clip(out * 255.0 + 0.5, 0, 255))
-            Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
-                buffer, format="JPEG", quality=quality)
-            out = np.asarray(Image.open(buffer), np.float32) / 255.0
-            out = out[..., None] if out.ndim == 2 else out
-        elif s.degradation == "speckle":
-            out = out * rng.gamma(s.looks, 1.0 / s.looks, out.shape)
-        out = np.clip(out, 0.0, 1.0)
-        return out.astype(image.dtype) if is_float else np.uint8(out * 255.0 + 0.5)
 
     def __repr__(self) -> str:
         return (f"RedundantPool({self.base!r}, n={len(self)}, originals={int(np.unique(self._group).size)}, "

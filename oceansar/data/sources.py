@@ -18,6 +18,7 @@ import numpy as np
 
 from oceansar.data import synthetic
 from oceansar.data.cache import InMemorySource
+from oceansar.data.duplication import DuplicatedPool
 from oceansar.data.folder import ImageFolderSource
 from oceansar.data.opensarship import OpenSARShipSource
 from oceansar.data.pool import RedundantPool
@@ -50,7 +51,8 @@ def _check_paths(data) -> None:
 
 def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
     """The unlabelled pretraining pool of a `DataSpec` (labels, if any, stay hidden), made redundant and
-    heavy-tailed when `data.pool_transform.enabled`, read into memory once when `data.cache` is set.
+    heavy-tailed when `data.pool_transform.enabled`, then a duplicated base subset when
+    `data.duplication.scheme` is not none, read into memory once when `data.cache` is set.
 
     Raises:
       DataNotFoundError: a folder or WV-file pool's `config.data.root` or `config.data.labels_csv` is missing.
@@ -74,6 +76,8 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
                               image_size=data.image_size)
     if data.pool_transform.enabled:
         source = RedundantPool(source, data.pool_transform)
+    if data.duplication.scheme != "none":
+        source = DuplicatedPool(source, data.duplication, data.pool_transform)
     return InMemorySource(source, progress=progress) if data.cache else source
 
 
