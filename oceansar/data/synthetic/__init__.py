@@ -7,7 +7,9 @@ classification and both regression probes of OceanSAR-1 exist here too. `scene` 
 table, the instrument constants and the counter-based hash that draws each image's truth and
 rendering parameters without rendering, plus the geophysical model function `gmf_db`; `render`
 turns one image's parameters into sigma0 dB (wind, swell, per-class morphology, speckle) and
-quantises it to uint8; `source` holds `SyntheticWV` and `evaluation_splits`. The figure command
+quantises it to uint8; `source` holds `SyntheticWV` and `evaluation_splits`; `captions` writes captions from
+each image's truth with a redundancy knob (`CaptionedSyntheticWV`, imported from its module so the simulator alone
+stays free of the tokenizer). The figure command
 lives in `oceansar.apps.simulator_figure`. The package is numpy only, because Grain worker
 processes import it: it must never import jax. The renderer itself is `render.render`, not
 re-exported: the name would shadow the `render` submodule.
