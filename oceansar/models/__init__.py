@@ -6,4 +6,9 @@ projection head and `DINOModel`, the backbone + head that student and teacher ea
 about crops, objectives or training: the package imports only flax, jax and numpy and no other part of `oceansar`.
 Losses live in `oceansar.losses`, augmentation in `oceansar.augment`, and the teacher EMA and the freezing of the
 prototype layer in `oceansar.train`.
+
+For vision-language pretraining, `text` holds the CLIP-style text tower (`TextTransformer`, sized like the ViT,
+causal + key-padding attention, pooled at the EOS token, projected to the joint space) and `aggregation` the weighted
+feature aggregation of an image's redundant captions (WFA, arXiv 2505.11121: single, mean, BLEU-uniqueness or learned
+attention weights) with the packing that lets the text tower encode each distinct caption of a batch once.
 """

@@ -66,12 +66,22 @@ class Attention(nnx.Module):
         self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
         self.proj = nnx.Linear(dim, dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Attends over the T tokens of x [B, T, D].
+
+        Args:
+            x: [B, T, D] tokens.
+            mask: optional bool, broadcastable to [B, heads, T, T], True where query t may attend to key s (the
+                text tower's causal + key-padding mask). Every query row needs one True entry. None: all pairs.
+
+        Returns:
+            [B, T, D] in the compute dtype.
+        """
         b, t, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.heads, d // self.heads), 3, axis=2)
         # XLA's attention everywhere: with no `implementation`, JAX (0.10) does not choose cuDNN's flash
         # kernel on GPU, which needs asking for explicitly (bf16, supported head sizes).
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         return self.proj(out.reshape(b, t, d))
 
 
@@ -87,8 +97,10 @@ class Block(nnx.Module):
         self.fc1 = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
         self.fc2 = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
 
-    def __call__(self, x: jax.Array, drop_keys: tuple[jax.Array, jax.Array] | None) -> jax.Array:
-        y = self.attn(self.norm1(x))
+    def __call__(self, x: jax.Array, drop_keys: tuple[jax.Array, jax.Array] | None,
+                 mask: jax.Array | None = None) -> jax.Array:
+        """One block on x [B, T, D]; `drop_keys` (two keys) enables stochastic depth, `mask` goes to `Attention`."""
+        y = self.attn(self.norm1(x), mask)
         if drop_keys is not None:
             y = drop_path(y, self.drop_path_rate, drop_keys[0])
         x = x + y
