@@ -132,7 +132,7 @@ def run(config) -> dict[str, Any]:
                          "cluster_balanced re-clustering")
     devices = spec.num_devices or jax.device_count()
     t0 = time.perf_counter()
-    source = sources.make_pretrain_source(spec.data, seed=spec.seed)
+    source = sources.make_pretrain_source(spec.data, seed=spec.seed, text=spec.text)
     source_s = time.perf_counter() - t0
     pruner = policies.Pruner(spec.pruning, num_samples=len(source), seed=spec.seed,
                              total_examples=spec.total_examples)

@@ -67,6 +67,20 @@ def dino_config() -> ml_collections.ConfigDict:
         separate_head=False,          # False: the DINO head maps patches too (DINOv2 default).
         out_dim=8192,                 # prototypes of a separate patch head.
     )
+    c.text = dict(                    # image-text pretraining with WFA (arXiv 2505.11121); enabled replaces DINO.
+        enabled=False,
+        size="mu",                    # text tower (the ViT's sizes).
+        vocab_size=1000,              # BPE trained on the training captions.
+        context_length=32,            # UCM-captions' longest caption is 27 tokens.
+        max_captions=5,               # UCM-captions, RSICD, RSITMD, Sydney: 5 per image.
+        embed_dim=64,                 # joint space.
+        aggregation="bleu",           # single | mean | bleu (WFA uniqueness) | attention (WFA learned).
+        loss="infonce",               # infonce (CLIP) | siglip.
+        capacity=4.0,                 # distinct captions encoded per image per step (<= max_captions): the
+                                      # flat text batch; a batch with more drops its lowest-weight captions.
+        lock_image=False,             # LiT: freeze the image tower (e.g. after init_from a DINO release).
+        repeat_fraction=0.4,          # simulator captions: share of an image's captions repeating another.
+    )
     c.optim = dict(
         base_lr=5e-4,                 # per 256 examples (lr = base_lr * batch_size / 256).
         min_lr=1e-6,                  # end of the cosine.

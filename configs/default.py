@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             looks=4.0,             # speckle looks
             seed=0,
         ),
+        captions="",               # captions source: the JSON (UCM-captions or Karpathy layout) of the images
+                                   # under root; "" = <root>/captions.json
+        split="train",             # captions source: the split trained on
         duplication=dict(          # Less-is-More's controlled duplication of a random base subset; its
                                    # copies are made as pool_transform's near-duplicates (crop, ..., looks)
             scheme="none",         # none | subset (plain) | uniform | exponential (skewed multiplicities)

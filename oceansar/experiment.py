@@ -28,6 +28,7 @@ from oceansar.checkpoint import Checkpointer
 from oceansar.evals import across
 from oceansar.evals.evaluator import Evaluator
 from oceansar.spec import RunSpec
+from oceansar.train import contrastive_step
 from oceansar.train import optimizer as optim_lib
 from oceansar.train import state as state_lib
 from oceansar.train import step as step_lib
@@ -127,20 +128,26 @@ class Experiment:
         return ckpt.restore_state(step, abstract_state=self.abstract_state, data_iterator=data_iterator)
 
     def batch_spec(self, image_dtype) -> dict[str, jax.ShapeDtypeStruct]:
-        """Shapes of one global training batch with `image_dtype` pixels, sharded over `data`."""
+        """Shapes of one global training batch with `image_dtype` pixels, sharded over `data` (with an image-text
+        run's caption fields)."""
         b, size, channels = self.spec.batch_size, self.spec.data.image_size, self.spec.model.in_channels
         sharded = sharding.batch_sharded(self.mesh)
-        return {"image": jax.ShapeDtypeStruct((b, size, size, channels), np.dtype(image_dtype), sharding=sharded),
-                "sample_id": jax.ShapeDtypeStruct((b,), np.int64, sharding=sharded),
-                "weight": jax.ShapeDtypeStruct((b,), np.float32, sharding=sharded)}
+        shapes = {"image": ((b, size, size, channels), np.dtype(image_dtype)), "sample_id": ((b,), np.int64),
+                  "weight": ((b,), np.float32)}
+        if self.spec.text.enabled:
+            m, length = self.spec.text.max_captions, self.spec.text.context_length
+            shapes |= {"caption_ids": ((b, m, length), np.int32), "caption_valid": ((b, m), np.bool_),
+                       "caption_count": ((b, m), np.int32), "caption_weights": ((b, m), np.float32),
+                       "caption_tokens": ((b,), np.int32)}
+        return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharded) for k, (shape, dtype) in shapes.items()}
 
     def compile_train_step(self, image_dtype, *, update_loss_stats: bool = True, log: bool = True):
         """The train step compiled ahead of time for batches of `image_dtype` pixels, state donated.
 
         Logs the compiled program's per-device memory and FLOPs (`program_report`).
         """
-        fn = step_lib.make_train_step(self.graphdef, self.rest, self.tx, self.spec, self.budget,
-                                      update_loss_stats=update_loss_stats)
+        make = contrastive_step.make_train_step if self.spec.text.enabled else step_lib.make_train_step
+        fn = make(self.graphdef, self.rest, self.tx, self.spec, self.budget, update_loss_stats=update_loss_stats)
         replicated = sharding.replicated(self.mesh)
         state_shardings = jax.tree.map(lambda _: replicated, self.abstract_state)
         out_shardings = (state_shardings, replicated, sharding.batch_sharded(self.mesh))

@@ -20,15 +20,18 @@ from oceansar import masking
 from oceansar.augment import MultiCropSpec
 from oceansar.data.duplication import SCHEMES as DUPLICATION_SCHEMES
 from oceansar.errors import ConfigError
+from oceansar.models.vit import _SIZES as VIT_SIZES
 from oceansar.models.vit import parse_variant
 
-SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds")
+SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds", "captions")
 EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship")
 PROBES = ("knn", "linear", "regression")
 FEATURES = ("cls", "cls+mean_patch")
 PRUNING_FEATURES = FEATURES + ("copy_descriptors",)
 DTYPES = ("float32", "bfloat16", "float16")
 CENTERINGS = ("ema", "sinkhorn_knopp")
+AGGREGATIONS = ("single", "mean", "bleu", "attention")
+TEXT_LOSSES = ("infonce", "siglip")
 SCHEDULES = ("cosine", "wsd")
 DECAY_SHAPES = ("cosine", "linear", "1-sqrt")
 SUBSET_POLICIES = ("none", "random", "static", "cluster_balanced")
@@ -155,6 +158,8 @@ class DataSpec:
     cache: bool
     pool_transform: PoolSpec   # a redundant, heavy-tailed pool over a labelled source
     duplication: DuplicationSpec  # a base subset with controlled duplication (its copies made as pool_transform's)
+    captions: str              # the captions source's JSON (UCM-captions or Karpathy layout); "" = <root>/captions.json
+    split: str                 # the captions source's split
 
     def __post_init__(self):
         _require(self.source in SOURCES, "source", f"unknown source {self.source!r}; known: {SOURCES}")
@@ -167,6 +172,8 @@ class DataSpec:
             _require(bool(self.root), "root", f"the {self.source} source needs a directory")
         if self.source == "tfds":
             _require(bool(self.tfds_name), "tfds_name", "the tfds source needs a dataset name")
+        if self.source == "captions":
+            _require(bool(self.root), "root", "the captions source needs its image directory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +227,36 @@ class DinoSpec:
         _require(self.centering in CENTERINGS, "centering", f"{self.centering!r} is not one of {CENTERINGS}")
         _require(self.sinkhorn_iterations >= 1, "sinkhorn_iterations", "must be >= 1")
         _require(self.koleo_weight >= 0, "koleo_weight", f"must be >= 0, got {self.koleo_weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSpec:
+    """Image-text pretraining (`config.text`): a text tower, WFA caption aggregation (arXiv 2505.11121) and a
+    contrastive loss; when enabled, the run trains this objective instead of DINO's."""
+
+    enabled: bool
+    size: str                  # text tower size, the ViT's vocabulary: mu, Ti, S, B, L
+    vocab_size: int            # byte-level BPE trained on the training captions
+    context_length: int        # tokens per caption, BOS and EOS included
+    max_captions: int          # caption rows per image (m)
+    embed_dim: int             # the joint space
+    aggregation: str           # single | mean | bleu | attention
+    loss: str                  # infonce (CLIP) | siglip
+    capacity: float            # distinct captions the text tower encodes per image per step, on average
+    lock_image: bool           # LiT: the image tower and its projection frozen
+    repeat_fraction: float     # simulator captions: share of an image's captions that repeat another
+
+    def __post_init__(self):
+        _require(self.size in VIT_SIZES, "size", f"{self.size!r} is not one of {tuple(VIT_SIZES)}")
+        for name in ("vocab_size", "max_captions", "embed_dim"):
+            _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        _require(self.context_length >= 3, "context_length", f"must hold BOS, a token and EOS, got "
+                 f"{self.context_length}")
+        _require(self.aggregation in AGGREGATIONS, "aggregation", f"{self.aggregation!r} is not one of {AGGREGATIONS}")
+        _require(self.loss in TEXT_LOSSES, "loss", f"{self.loss!r} is not one of {TEXT_LOSSES}")
+        _require(1 <= self.capacity <= self.max_captions, "capacity",
+                 f"must lie in [1, max_captions={self.max_captions}], got {self.capacity}")
+        _require(0 <= self.repeat_fraction <= 1, "repeat_fraction", f"must be in [0, 1], got {self.repeat_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,6 +446,7 @@ class RunSpec:
     crops: MultiCropSpec
     dino: DinoSpec
     ibot: IbotSpec
+    text: TextSpec
     optim: OptimSpec
     schedules: ScheduleSpec
     pruning: PruningSpec
@@ -418,7 +456,7 @@ class RunSpec:
     def from_config(cls, config, *, num_devices: int | None = None, process_count: int = 1) -> "RunSpec":
         """Builds and validates the spec of a recipe; with `num_devices`, also against the devices."""
         blocks = {"data": DataSpec, "model": ModelSpec, "crops": MultiCropSpec, "dino": DinoSpec,
-                  "ibot": IbotSpec, "optim": OptimSpec, "schedules": ScheduleSpec, "pruning": PruningSpec}
+                  "ibot": IbotSpec, "text": TextSpec, "optim": OptimSpec, "schedules": ScheduleSpec, "pruning": PruningSpec}
         top = {k: config[k] for k in config.keys() if k not in APP_BLOCKS}
         values = {k: build(spec_cls, top.pop(k, {}), k) if k in top else None
                   for k, spec_cls in blocks.items()}
@@ -470,6 +508,14 @@ class RunSpec:
                 fail(field, f"{size} exceeds data.image_size {self.data.image_size}")
         if self.crops.n_global != 2:
             fail("crops.n_global", "DINO uses exactly 2 global crops")
+        if self.text.enabled:
+            if self.data.source not in ("captions", "synthetic_wv"):
+                fail("text.enabled", f"image-text runs read the captions source or the simulator's generated "
+                     f"captions, not data.source={self.data.source!r}")
+            if self.data.pool_transform.enabled or self.data.duplication.scheme != "none":
+                fail("text.enabled", "data.pool_transform and data.duplication serve images only, no captions")
+        elif self.data.source == "captions":
+            fail("data.source", "the captions source feeds image-text runs: set text.enabled")
         if num_devices is None:
             return
         batches = [("batch_size", self.batch_size), ("pruning.embed_batch_size", self.pruning.embed_batch_size)]
@@ -483,7 +529,7 @@ class RunSpec:
 
 def _top_fields() -> list[tuple[str, Any]]:
     hints = typing.get_type_hints(RunSpec)
-    blocks = ("data", "model", "crops", "dino", "ibot", "optim", "schedules", "pruning", "evals")
+    blocks = ("data", "model", "crops", "dino", "ibot", "text", "optim", "schedules", "pruning", "evals")
     return [(f.name, hints[f.name]) for f in dataclasses.fields(RunSpec) if f.name not in blocks]
 
 

@@ -145,7 +145,7 @@ def pool_size(config) -> int:
     into memory): a folder's images, a redundant pool's records, the simulator's `num_samples`."""
     spec = run_spec(config)
     data = dataclasses.replace(spec.data, cache=False)
-    return len(sources.make_pretrain_source(data, seed=spec.seed, progress=False))
+    return len(sources.make_pretrain_source(data, seed=spec.seed, progress=False, text=spec.text))
 
 
 def _prefix_steps(config, n: int) -> int:

@@ -79,7 +79,7 @@ def pretrain(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
               f"read its checkpoint again.")
         return done
     with Preemption() as preemption:
-        source = sources.make_pretrain_source(spec.data, seed=spec.seed)
+        source = sources.make_pretrain_source(spec.data, seed=spec.seed, text=spec.text)
         exp = Experiment.build(spec, num_samples=len(source))
         writer = MetricWriter(workdir, enabled=is_main)
         try:

@@ -25,9 +25,11 @@ _CHUNK = 512          # records per worker task
 _MIN_PARALLEL = 2048  # below this, starting processes costs more than it saves
 
 
-def _scalars(record: dict) -> dict[str, np.ndarray]:
+def _fields(record: dict) -> dict[str, np.ndarray]:
+    """The record's numeric (and boolean) fields besides the image: scalars, and fixed-shape arrays such as a
+    captioned record's token ids; strings are left out."""
     return {k: np.asarray(v) for k, v in record.items()
-            if k != "image" and np.asarray(v).ndim == 0 and np.asarray(v).dtype.kind in "biuf"}
+            if k != "image" and np.asarray(v).dtype.kind in "biuf"}
 
 
 def _where(source, index: int) -> str:
@@ -47,8 +49,8 @@ def _read_chunk(source, start: int, stop: int, shape: tuple[int, ...], dtype: np
             raise DataError(f"{_where(source, index)}: image {image.shape} {image.dtype} differs from "
                             f"{shape} {dtype} of record 0 ({_where(source, 0)}); an in-memory cache "
                             f"holds one image shape and dtype")
-    scalars = [_scalars(r) for r in records]
-    fields = {k: np.stack([f[k] for f in scalars]) for k in scalars[0]}
+    per_record = [_fields(r) for r in records]
+    fields = {k: np.stack([f[k] for f in per_record]) for k in per_record[0]}
     return np.stack(images), fields
 
 
@@ -74,7 +76,7 @@ class InMemorySource:
                             f"memory (limit {max_bytes / 2**30:.1f} GiB); turn the cache off and read it "
                             f"from disk with Grain workers")
         self.images = np.empty((n,) + image.shape, image.dtype)
-        self.fields = {k: np.empty((n,), v.dtype) for k, v in _scalars(first).items()}
+        self.fields = {k: np.empty((n,) + v.shape, v.dtype) for k, v in _fields(first).items()}
         bounds = [(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
         workers = num_workers or os.cpu_count() or 1
         with tqdm(total=n, desc=f"cache {type(source).__name__}", unit="img",
@@ -110,7 +112,7 @@ class InMemorySource:
         return record
 
     def read_batch(self, indices) -> dict[str, np.ndarray]:
-        """The records at `indices` as columns: {"image": [n, ...], field: [n]} (what `__getitem__` gives, stacked)."""
+        """The records at `indices` as columns: {"image": [n, ...], field: [n, ...]} (`__getitem__`'s, stacked)."""
         indices = np.asarray(indices, np.int64)
         return {"image": self.images[indices], **{k: v[indices] for k, v in self.fields.items()}}
 

@@ -23,7 +23,7 @@ from oceansar.data.folder import ImageFolderSource
 from oceansar.data.opensarship import OpenSARShipSource
 from oceansar.data.pool import RedundantPool
 from oceansar.data.wv_files import WVFileSource
-from oceansar.errors import DataNotFoundError
+from oceansar.errors import DataError, DataNotFoundError
 
 
 @runtime_checkable
@@ -49,10 +49,31 @@ def _check_paths(data) -> None:
         raise DataNotFoundError(f"config.data.labels_csv: {data.labels_csv} does not exist")
 
 
-def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
+def _captioned(data, text, *, seed: int):
+    """The image-text pool: a captions source (UCM-captions layout, or a Karpathy JSON with its images under
+    `data.root`), or the simulator with generated captions; a tokenizer trained on its captions."""
+    from oceansar.data.captioned import CaptionedImageSource, read_karpathy_listing, read_ucm_listing
+    from oceansar.data.synthetic.captions import CaptionedSyntheticWV, SyntheticCaptioner
+
+    if data.source == "captions":
+        listing = (read_karpathy_listing(data.captions, data.root, data.split) if data.captions
+                   else read_ucm_listing(data.root, data.split))
+        return CaptionedImageSource.with_new_tokenizer(listing, vocab_size=text.vocab_size, image_size=data.image_size,
+                                                       max_captions=text.max_captions,
+                                                       context_length=text.context_length)
+    base = synthetic.SyntheticWV(num_samples=data.num_samples, image_size=data.image_size, seed=seed,
+                                 class_frequencies=tuple(data.class_frequencies) or None,
+                                 burst_length=data.burst_length, burst_jitter=data.burst_jitter)
+    captioner = SyntheticCaptioner(num_captions=text.max_captions, repeat_fraction=text.repeat_fraction, seed=seed)
+    return CaptionedSyntheticWV.with_new_tokenizer(base, vocab_size=text.vocab_size, captioner=captioner,
+                                                   context_length=text.context_length)
+
+
+def make_pretrain_source(data, *, seed: int, progress: bool = True, text=None) -> Any:
     """The unlabelled pretraining pool of a `DataSpec` (labels, if any, stay hidden), made redundant and
     heavy-tailed when `data.pool_transform.enabled`, then a duplicated base subset when
-    `data.duplication.scheme` is not none, read into memory once when `data.cache` is set.
+    `data.duplication.scheme` is not none, read into memory once when `data.cache` is set. With an enabled
+    `TextSpec` (`text`), the image-text pool: a captions source, or the simulator with generated captions.
 
     Raises:
       DataNotFoundError: a folder or WV-file pool's `config.data.root` or `config.data.labels_csv` is missing.
@@ -60,7 +81,12 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True) -> Any:
     """
     if data.source in ("folder", "wv_files"):
         _check_paths(data)
-    if data.source == "synthetic_wv":
+    captioned = text is not None and text.enabled  # which sources may be captioned: RunSpec.check
+    if data.source == "captions" and not captioned:
+        raise DataError("config.data.source='captions' is read with its config.text (vocabulary, context length)")
+    if captioned:
+        source = _captioned(data, text, seed=seed)
+    elif data.source == "synthetic_wv":
         source = synthetic.SyntheticWV(
             num_samples=data.num_samples, image_size=data.image_size, seed=seed,
             class_frequencies=tuple(data.class_frequencies) or None,

@@ -240,6 +240,7 @@ class _Loop:
         train_step = interruptibly(self.exp.compile_train_step, np.float16 if image.dtype.kind == "f" else image.dtype,
                                    name="compile-train-step")
         spec, mesh = self.spec, self.exp.mesh
+        fields = tuple(self.exp.batch_spec(image.dtype))  # what the step reads of a batch
         bar = tqdm(total=self.exp.budget.total_steps, initial=self.step, desc="pretrain", unit="step",
                    disable=not (spec.progress and self.is_main), dynamic_ncols=True)
         log = _MetricLog(self.writer, bar, batch_size=spec.batch_size, ckpt=self.ckpt, step=self.step)
@@ -252,7 +253,7 @@ class _Loop:
                 with self.preemption.deferred():
                     batch = next(self.data_iter)
                     self.state, metrics, _ = train_step(self.state, sharding.shard_batch(
-                        mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
+                        mesh, {k: batch[k] for k in fields}))
                     self.step += 1
                     bar.update(1)
                     log.flush(self.step)

@@ -1,5 +1,8 @@
 """The train state: student and teacher parameters, optimizer state, DINO and iBOT centres, loss statistics.
 
+The model is DINO's (backbone + heads) or, for an image-text run, the image-text model (both towers); the state
+has the same fields either way (an image-text run's centres stay zero and its teacher is a copy of the student).
+
 Everything is one pytree (`TrainState`) so that the jitted step donates it whole, Orbax saves it
 whole, and sharding rules apply to it whole (replicated over the `data` axis). The NNX graph
 definition is split off once here and closed over by the step: no Python graph traversal per step.
@@ -14,6 +17,7 @@ import optax
 from flax import nnx, struct
 
 from oceansar.models.dino_head import DINOModel
+from oceansar.models.image_text import ImageTextModel
 from oceansar.pruning import loss_stats
 from oceansar.spec import RunSpec
 
@@ -30,19 +34,23 @@ class TrainState(struct.PyTreeNode):
     finite: jax.Array        # bool: every loss so far was finite
 
 
-def build_model(run: RunSpec) -> DINOModel:
-    """The student/teacher architecture of a run, initialised from its seed.
-
-    A separate iBOT patch head exists only when the iBOT term is on and asks for it.
-    """
-    model, ibot = run.model, run.ibot
+def build_model(run: RunSpec) -> DINOModel | ImageTextModel:
+    """The student/teacher architecture of a run, initialised from its seed: the image-text model when
+    `config.text.enabled`, else the DINO model (a separate iBOT patch head only when the iBOT term is on and asks
+    for it)."""
+    model, ibot, text = run.model, run.ibot, run.text
+    if text.enabled:
+        return ImageTextModel(
+            model.variant, img_size=run.crops.global_size, in_channels=model.in_channels, text_size=text.size,
+            vocab_size=text.vocab_size, context_length=text.context_length, embed_dim=text.embed_dim,
+            aggregation=text.aggregation, loss=text.loss, drop_path_rate=model.drop_path_rate,
+            dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(run.seed))
     return DINOModel(
         model.variant, img_size=run.crops.global_size, in_channels=model.in_channels, out_dim=model.out_dim,
         hidden_dim=model.hidden_dim, bottleneck_dim=model.bottleneck_dim,
         norm_last_layer=model.norm_last_layer, drop_path_rate=model.drop_path_rate,
         patch_out_dim=run.patch_prototypes if ibot.enabled and ibot.separate_head else 0,
         dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(run.seed))
-
 
 
 def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformation):

@@ -89,12 +89,12 @@ def _targets(d, logits: jax.Array, center: jax.Array, temp, valid: jax.Array | N
     return centering.teacher_probs(logits, center, temp)
 
 
-def _ema(momentum, teacher: jax.Array, student: jax.Array) -> jax.Array:
+def ema(momentum, teacher: jax.Array, student: jax.Array) -> jax.Array:
     """One teacher tensor's EMA update towards the student's."""
     return momentum * teacher + (1.0 - momentum) * student
 
 
-def _apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, sched: dict[str, jax.Array], *,
+def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, sched: dict[str, jax.Array], *,
                      frozen: jax.Array):
     """AdamW at the scheduled lr and weight decay, the prototype layers untouched while `frozen`.
 
@@ -160,9 +160,9 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
             return loss, (per_sample, aux)
 
         (loss, (per_sample, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads, params, opt_state = _apply_gradients(state, grads, tx, sched,
+        grads, params, opt_state = apply_gradients(state, grads, tx, sched,
                                                     frozen=step < budget.freeze_last_layer_steps)
-        teacher_params = jax.tree.map(functools.partial(_ema, sched["teacher_momentum"]), state.teacher, params)
+        teacher_params = jax.tree.map(functools.partial(ema, sched["teacher_momentum"]), state.teacher, params)
         center, center_patch = state.center, state.center_patch
         if d.centering == "ema":  # Sinkhorn-Knopp keeps no centre
             center = centering.update_center(center, t_out["logits"], d.center_momentum)
