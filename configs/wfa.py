@@ -37,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.weight_decay_end = 0.1
     c.optim.freeze_last_layer_examples = 0  # no prototypes to hold
     c.crops.global_scale = (0.5, 1.0)       # one random-resized crop per image, most of the scene kept
+    # Retrieval (text-to-image and image-to-text R@1/5/10, mR) and zero-shot classification on a captioned
+    # test split, next to the image tower's frozen-feature probes (`wv`).
+    c.evals.captions = c.evals.wv.copy_and_resolve_references()
+    c.evals.captions.update(probes=("retrieval", "zero_shot"), targets=())
     if arg.data == "ucm":
         c.data.source = "captions"
         c.data.root = f"{arg.data_root}/ucm_captions"
@@ -48,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # UCM's classes as a k-NN evaluator of the image tower (its val split).
         c.evals.wv.update(source="folder", root=c.data.root, train_split="train", test_split="val",
                           probes=("knn",), targets=(), knn_ks=(1, 20))
+        c.evals.captions.update(source="captions", root=c.data.root, test_split="val")
     elif arg.data != "simulator":
         raise ValueError(f"config arg: data={arg.data!r} is not simulator or ucm")
     if arg.smoke:
@@ -56,4 +61,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.total_examples = 16 * 8
         c.evals.wv.every_examples = 16 * 8
         c.evals.wv.probes = ("knn",)
+        c.evals.captions.update(every_examples=16 * 8, num_test_per_class=3)
     return c

@@ -11,6 +11,7 @@ step through here, so there is one construction sequence.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import pathlib
 from collections.abc import Callable
@@ -23,10 +24,13 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from oceansar import embedding, release, sharding
+from oceansar import augment, embedding, release, sharding
 from oceansar.checkpoint import Checkpointer
 from oceansar.evals import across
+from oceansar.data import sources
+from oceansar.errors import ConfigError
 from oceansar.evals.evaluator import Evaluator
+from oceansar.evals.image_text import ImageTextEvaluator
 from oceansar.spec import RunSpec
 from oceansar.train import contrastive_step
 from oceansar.train import optimizer as optim_lib
@@ -67,6 +71,18 @@ def run_spec(config) -> RunSpec:
                                process_count=jax.process_count())
 
 
+def _evaluator(spec: RunSpec, name: str, e, tokenizer) -> Evaluator | ImageTextEvaluator:
+    """The evaluator of `config.evals.<name>`: frozen image features, or the image-text model's two towers."""
+    if not e.image_text:
+        return Evaluator(name, e, image_size=spec.data.image_size, in_channels=spec.model.in_channels,
+                         seed=spec.seed, cache=spec.data.cache)
+    if tokenizer is None:
+        raise ConfigError(f"config.evals.{name}.probes: {e.probes} need the run's caption tokenizer (its pool's)")
+    make = functools.partial(sources.make_captioned_test_source, e, text=spec.text, tokenizer=tokenizer,
+                             image_size=spec.data.image_size, seed=spec.seed, cache=spec.data.cache)
+    return ImageTextEvaluator(name, e, make, tokenizer, context_length=spec.text.context_length)
+
+
 @dataclasses.dataclass
 class Experiment:
     """A run's model, optimizer, abstract state, shardings, compiled functions and evaluators."""
@@ -80,12 +96,13 @@ class Experiment:
     rest: nnx.State
     backbone_graphdef: nnx.GraphDef
     abstract_state: TrainState
-    evaluators: dict[str, Evaluator]
+    evaluators: dict[str, Evaluator | ImageTextEvaluator]
     _embed_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def build(cls, spec: RunSpec, *, num_samples: int) -> "Experiment":
-        """The Experiment of `spec` (see `run_spec`) over a pool of `num_samples` samples."""
+    def build(cls, spec: RunSpec, *, num_samples: int, tokenizer=None) -> "Experiment":
+        """The Experiment of `spec` (see `run_spec`) over a pool of `num_samples` samples; an image-text run's
+        retrieval and zero-shot evaluators tokenise with the pool's `tokenizer`."""
         mesh = sharding.make_mesh(spec.num_devices or None)
         tx = optim_lib.make_optimizer(spec.optim)
         model = nnx.eval_shape(lambda: state_lib.build_model(spec))
@@ -93,9 +110,7 @@ class Experiment:
         if jax.tree.leaves(rest):  # the step closes over `rest`: it must hold no arrays of its own
             raise NotImplementedError("models with non-parameter variables (e.g. batch statistics)")
         abstract = jax.eval_shape(lambda: state_lib.init_state(spec, num_samples=num_samples, tx=tx)[2])
-        evaluators = {name: Evaluator(name, e, image_size=spec.data.image_size, in_channels=spec.model.in_channels,
-                                      seed=spec.seed, cache=spec.data.cache)
-                      for name, e in spec.evals.items()}
+        evaluators = {name: _evaluator(spec, name, e, tokenizer) for name, e in spec.evals.items()}
         return cls(spec=spec, num_samples=num_samples, mesh=mesh, budget=step_lib.Budget.from_spec(spec), tx=tx,
                    graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, nnx.Param)[0],
                    abstract_state=_shaped(abstract, sharding.replicated(mesh)), evaluators=evaluators)
@@ -171,12 +186,33 @@ class Experiment:
             self._embed_fns[features] = lambda params, images: fn(params["backbone"], images)
         return self._embed_fns[features]
 
+    def image_text_fns(self) -> tuple[Callable, Callable]:
+        """`embed_image(params, images) -> [B, E]` and `embed_text(params, ids) -> [N, E]`: an image-text model's
+        two towers into the joint space (not normalised), jitted."""
+        if "image_text" not in self._embed_fns:
+            d, size = self.spec.data, self.spec.crops.global_size
+
+            def embed_image(params, images):
+                model = nnx.merge(self.graphdef, params, self.rest)
+                return model.encode_image(augment.center_view(augment.standardize(images, mean=d.mean, std=d.std),
+                                                              size))
+
+            def embed_text(params, ids):
+                return nnx.merge(self.graphdef, params, self.rest).encode_text(ids)
+            self._embed_fns["image_text"] = (jax.jit(embed_image), jax.jit(embed_text))
+        return self._embed_fns["image_text"]
+
     def evaluate(self, teacher_params, *, names=None, progress: bool = False) -> dict[str, float]:
         """Runs the named evaluators (all by default) on a teacher; keys are `<evaluator>/<metric>`, plus
         `mean/knn/...` over the datasets when several evaluators run the same k-NN (`evals.across`)."""
         results: dict[str, float] = {}
         for name in names if names is not None else self.evaluators:
             evaluator = self.evaluators[name]
+            if isinstance(evaluator, ImageTextEvaluator):
+                image, text = self.image_text_fns()
+                results |= evaluator(lambda images: image(teacher_params, images),
+                                     lambda ids: text(teacher_params, ids), mesh=self.mesh, progress=progress)
+                continue
             embed = self.embed_fn(evaluator.spec.features)
             results |= evaluator(lambda images: embed(teacher_params, images), mesh=self.mesh,
                                  seed=self.spec.seed, progress=progress)

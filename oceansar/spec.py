@@ -24,8 +24,9 @@ from oceansar.models.vit import _SIZES as VIT_SIZES
 from oceansar.models.vit import parse_variant
 
 SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds", "captions")
-EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship")
+EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship", "captions")
 PROBES = ("knn", "linear", "regression")
+IMAGE_TEXT_PROBES = ("retrieval", "zero_shot")  # image-text runs: the text tower takes part
 FEATURES = ("cls", "cls+mean_patch")
 PRUNING_FEATURES = FEATURES + ("copy_descriptors",)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -398,7 +399,7 @@ class EvalSpec:
     test_split: str
     num_train_per_class: int   # synthetic_wv split sizes
     num_test_per_class: int
-    probes: tuple[str, ...]    # knn | linear | regression
+    probes: tuple[str, ...]    # knn | linear | regression, or (image-text runs) retrieval | zero_shot
     targets: tuple[str, ...]   # regression targets (record fields) for the regression probe
     knn_ks: tuple[int, ...]
     every_examples: int        # 0: only at the end
@@ -414,8 +415,16 @@ class EvalSpec:
             _require(bool(self.root), "root", "the opensarship evaluator needs the release's <root>/<scene>/Patch_Cal/")
         if self.source == "tfds":
             _require(bool(self.tfds_name), "tfds_name", "the tfds evaluator needs a dataset name")
-        unknown = [p for p in self.probes if p not in PROBES]
-        _require(bool(self.probes) and not unknown, "probes", f"unknown {unknown or 'empty'}; known: {PROBES}")
+        if self.source == "captions":
+            _require(bool(self.root), "root", "the captions evaluator needs the UCM-captions layout's folder")
+        unknown = [p for p in self.probes if p not in PROBES + IMAGE_TEXT_PROBES]
+        _require(bool(self.probes) and not unknown, "probes",
+                 f"unknown {unknown or 'empty'}; known: {PROBES + IMAGE_TEXT_PROBES}")
+        _require(not (self.image_text and any(p in PROBES for p in self.probes)), "probes",
+                 f"an evaluator runs frozen-feature probes {PROBES} or image-text ones {IMAGE_TEXT_PROBES}, "
+                 f"not both: name two evaluators")
+        _require(self.source != "captions" or self.image_text, "probes",
+                 f"the captions evaluator runs {IMAGE_TEXT_PROBES}")
         if "regression" in self.probes:
             _require(bool(self.targets), "targets", "the regression probe needs target fields")
         _require(bool(self.knn_ks) and min(self.knn_ks) >= 1, "knn_ks", "must be positive k values")
@@ -423,6 +432,11 @@ class EvalSpec:
         _require(self.features in FEATURES, "features", f"{self.features!r} is not one of {FEATURES}")
         _require(self.batch_size > 0, "batch_size", "must be positive")
         _require(self.n_bootstrap >= 1, "n_bootstrap", "must be >= 1")
+
+    @property
+    def image_text(self) -> bool:
+        """Whether this evaluator runs the image-text probes (retrieval, zero-shot) rather than frozen features."""
+        return any(p in IMAGE_TEXT_PROBES for p in self.probes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,6 +530,11 @@ class RunSpec:
                 fail("text.enabled", "data.pool_transform and data.duplication serve images only, no captions")
         elif self.data.source == "captions":
             fail("data.source", "the captions source feeds image-text runs: set text.enabled")
+        for name, e in self.evals.items():
+            if e.image_text and not self.text.enabled:
+                fail(f"evals.{name}.probes", f"{e.probes} need the text tower of an image-text run (text.enabled)")
+            if e.image_text and e.source not in ("captions", "synthetic_wv"):
+                fail(f"evals.{name}.source", "image-text probes read the captions source or the simulator's captions")
         if num_devices is None:
             return
         batches = [("batch_size", self.batch_size), ("pruning.embed_batch_size", self.pruning.embed_batch_size)]

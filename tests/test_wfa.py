@@ -8,6 +8,7 @@ from configs import wfa
 from oceansar.apps.pretrain import pretrain
 from oceansar.data import sources
 from oceansar.errors import ConfigError
+from oceansar.evals.image_text import retrieval_metrics, zero_shot_accuracy
 from oceansar.experiment import Experiment, run_spec
 from oceansar.spec import RunSpec
 
@@ -26,8 +27,10 @@ def test_wfa_smoke_trains_on_folded_captions(tmp_path):
         # Folding repeats: the text tower runs on fewer tokens than every original caption holds.
         assert 0 < r["train/text_tokens_encoded"] < r["train/text_tokens_all_captions"]
         assert r["train/captions_dropped"] >= 0
-    # The released backbone is the image tower, which every evaluator and curation reads.
-    assert "wv/knn/top1_k1" in summary["final"] and (tmp_path / "release" / "model.json").is_file()
+    # The image tower's frozen-feature probes and the two towers' retrieval and zero-shot, on captioned splits.
+    final = summary["final"]
+    assert "wv/knn/top1_k1" in final and 0 <= final["captions/retrieval/mR"] <= 1
+    assert 0 <= final["captions/zero_shot/top1"] <= 1 and (tmp_path / "release" / "model.json").is_file()
 
 
 def test_image_text_batches_carry_the_caption_fields():
@@ -39,7 +42,7 @@ def test_image_text_batches_carry_the_caption_fields():
     assert record["caption_ids"].shape == (m, length) and record["caption_valid"].shape == (m,)
     # The in-memory cache keeps the array fields, not only the scalars.
     assert pool.read_batch([1, 3])["caption_ids"].shape == (2, m, length)
-    exp = Experiment.build(spec, num_samples=len(pool))
+    exp = Experiment.build(spec, num_samples=len(pool), tokenizer=pool.tokenizer)
     batch = exp.batch_spec(np.uint8)
     assert batch["caption_ids"].shape == (c.batch_size, m, length) and batch["caption_tokens"].shape == (c.batch_size,)
 
@@ -58,6 +61,32 @@ def test_image_text_config_rules_name_their_field():
     with pytest.raises(ConfigError, match="config.data.source: the captions source feeds image-text runs"):
         RunSpec.from_config(c)
     c = wfa.get_config("smoke")
+    c.evals.wv.probes = ("knn", "retrieval")
+    with pytest.raises(ConfigError, match="config.evals.wv.probes: an evaluator runs frozen-feature probes"):
+        RunSpec.from_config(c)
+    c = wfa.get_config("smoke")
     c.text.capacity = 9.0
     with pytest.raises(ConfigError, match=r"config.text.capacity: must lie in \[1, max_captions=5\]"):
         RunSpec.from_config(c)
+
+
+def test_retrieval_and_zero_shot_against_brute_force():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(9, 6))
+    counts = rng.integers(1, 5, 9)                                  # ragged: 1 to 4 captions per image
+    caption_image = np.repeat(np.arange(9), counts)
+    captions = images[caption_image] + rng.normal(scale=1.2, size=(caption_image.size, 6))
+    got = retrieval_metrics(images, captions, caption_image)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    sim = unit(captions) @ unit(images).T                           # [captions, images]
+    t2i_rank = np.array([np.sum(row > row[i]) for row, i in zip(sim, caption_image)])
+    i2t_rank = np.array([min(np.sum(sim[:, q] > sim[c, q]) for c in np.flatnonzero(caption_image == q))
+                         for q in range(9)])
+    for k in (1, 5, 10):
+        assert got[f"t2i_r@{k}"] == pytest.approx(np.mean(t2i_rank < k))
+        assert got[f"i2t_r@{k}"] == pytest.approx(np.mean(i2t_rank < k))
+    assert got["mR"] == pytest.approx(np.mean([got[f"{d}_r@{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)]))
+    prompts = rng.normal(size=(3, 6))
+    labels = rng.integers(0, 3, 9)
+    want = np.mean(np.argmax(unit(images) @ unit(prompts).T, axis=1) == labels)
+    assert zero_shot_accuracy(images, labels, prompts) == pytest.approx(want)

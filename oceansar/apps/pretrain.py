@@ -80,7 +80,7 @@ def pretrain(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
         return done
     with Preemption() as preemption:
         source = sources.make_pretrain_source(spec.data, seed=spec.seed, text=spec.text)
-        exp = Experiment.build(spec, num_samples=len(source))
+        exp = Experiment.build(spec, num_samples=len(source), tokenizer=getattr(source, "tokenizer", None))
         writer = MetricWriter(workdir, enabled=is_main)
         try:
             trained = loop.run(exp, source, workdir, writer, stop_at_step=stop_at_step, preemption=preemption,

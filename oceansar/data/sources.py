@@ -107,6 +107,25 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True, text=None) -
     return InMemorySource(source, progress=progress) if data.cache else source
 
 
+def make_captioned_test_source(spec, *, text, tokenizer, image_size: int, seed: int, cache: bool) -> Any:
+    """The captioned test split of an image-text `EvalSpec`, tokenised with the run's `tokenizer`: the captions
+    source's `test_split` (UCM-captions layout under `spec.root`), or the simulator's test split (drawn from
+    `seed + 1000` as every simulator evaluator's) with captions written as the pool's."""
+    from oceansar.data.captioned import CaptionedImageSource, read_ucm_listing
+    from oceansar.data.synthetic.captions import CaptionedSyntheticWV, SyntheticCaptioner
+
+    if spec.source == "captions":
+        source = CaptionedImageSource(read_ucm_listing(spec.root, spec.test_split), tokenizer, image_size=image_size,
+                                      max_captions=text.max_captions, context_length=text.context_length)
+    else:
+        _, test = synthetic.evaluation_splits(spec.num_train_per_class, spec.num_test_per_class,
+                                              image_size=image_size, seed=seed + 1000)
+        captioner = SyntheticCaptioner(num_captions=text.max_captions, repeat_fraction=text.repeat_fraction,
+                                       seed=seed + 1000)
+        source = CaptionedSyntheticWV(test, tokenizer, captioner=captioner, context_length=text.context_length)
+    return InMemorySource(source) if cache else source
+
+
 def make_eval_sources(spec, *, image_size: int, in_channels: int, seed: int, cache: bool) -> tuple[Any, Any]:
     """(train, test) labelled sources of an `EvalSpec` at `image_size`, in memory when `cache` is set
     (they are read at every evaluation). The simulator's splits are drawn from `seed + 1000`, disjoint

@@ -39,20 +39,16 @@ def _match_ranks(queries, gallery, targets, *, block, matmul_dtype):
     return ranks.reshape(-1)[:n_query]
 
 
-def recall_at_k(query_feats, gallery_feats, query_to_gallery: np.ndarray, ks: Sequence[int] = (1, 5, 10),
-                block_size: int = 1024, *, matmul_dtype=jnp.float32) -> dict[str, float]:
-    """Mean recall@K of cosine retrieval.
+def match_ranks(query_feats, gallery_feats, query_to_gallery: np.ndarray, block_size: int = 1024, *,
+                matmul_dtype=jnp.float32) -> np.ndarray:
+    """Rank [n_query] of each query's match among the gallery by cosine similarity (0 = the most similar).
 
     Args:
       query_feats: [n_query, D] query embeddings (numpy or jax, sharded or not).
       gallery_feats: [n_gallery, D] gallery embeddings.
       query_to_gallery: [n_query] index of each query's matching gallery item.
-      ks: the K values.
       block_size: queries per block; memory is O(block_size x n_gallery).
       matmul_dtype: dtype of the similarity matmul (accumulation is always float32); bfloat16 on GPU.
-
-    Returns:
-      {f"recall@{k}": fraction of queries whose match is among their top-k gallery items}.
     """
     query_feats = check_features("query_feats", query_feats)
     gallery_feats = check_features("gallery_feats", gallery_feats)
@@ -67,11 +63,21 @@ def recall_at_k(query_feats, gallery_feats, query_to_gallery: np.ndarray, ks: Se
     if targets.min() < 0 or targets.max() >= n_gallery:
         raise ValueError(f"query_to_gallery must index the gallery [0, {n_gallery}), got range "
                          f"[{int(targets.min())}, {int(targets.max())}]")
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    return np.asarray(_match_ranks(query_feats, gallery_feats, jnp.asarray(targets, jnp.int32),
+                                   block=min(int(block_size), n_query), matmul_dtype=jnp.dtype(matmul_dtype)))
+
+
+def recall_at_k(query_feats, gallery_feats, query_to_gallery: np.ndarray, ks: Sequence[int] = (1, 5, 10),
+                block_size: int = 1024, *, matmul_dtype=jnp.float32) -> dict[str, float]:
+    """Mean recall@K of cosine retrieval (`match_ranks` for the arguments).
+
+    Returns:
+      {f"recall@{k}": fraction of queries whose match is among their top-k gallery items}.
+    """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"every k must be at least 1, got ks={ks}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    ranks = np.asarray(_match_ranks(query_feats, gallery_feats, jnp.asarray(targets, jnp.int32),
-                                    block=min(int(block_size), n_query), matmul_dtype=jnp.dtype(matmul_dtype)))
+    ranks = match_ranks(query_feats, gallery_feats, query_to_gallery, block_size, matmul_dtype=matmul_dtype)
     return {f"recall@{k}": float(np.mean(ranks < k)) for k in ks}
