@@ -27,6 +27,12 @@ multiplicities skewed as exp(-5 r) and exp(-20 r) over the originals' rank r in 
 and 86 % of the copies), and the uniform pool filtered by SemDeDup back to the subset's size (`uniform`'s
 `static_semdedup@rho=0.2`: Less-is-More names a "filtered" variant without defining it; this is ours).
 
+`recipe=wfa` (the simulator's generated captions) or `recipe=wfa_ucm` (UC Merced with UCM-captions under
+`data_root`) compares image-text pretraining instead, with the objective axis over WFA's caption aggregations:
+
+    python launch.py --mode=compare --config=configs/compare.py:recipe=wfa_ucm,objectives=single+mean+bleu+attention \
+        '--config.compare.methods=("full",)' --workdir=runs/wfa_ucm
+
 `scale` multiplies the pool, the budget, the warm-up and the evaluation interval (the schedules follow
 the budget); the default (1) took 31 min on a 2-core CPU (2 seeds x 6 methods, 2000 steps each).
 """
@@ -36,11 +42,22 @@ import copy
 
 import ml_collections
 
-from configs import common, curate_hkmeans, curate_semdedup, default
+from configs import common, curate_hkmeans, curate_semdedup, default, wfa
 
-# dino: the recipe as it is; dinov2: iBOT masked patches + KoLeo; ibot, koleo: one of the two terms alone.
+# dino: the recipe as it is; dinov2: iBOT masked patches + KoLeo; ibot, koleo: one of the two terms alone; and
+# for an image-text recipe, the four WFA caption aggregations.
 OBJECTIVES = {"dino": {}, "dinov2": common.DINOV2, "ibot": {"ibot": common.DINOV2["ibot"]},
-              "koleo": {"dino": common.DINOV2["dino"]}}
+              "koleo": {"dino": common.DINOV2["dino"]},
+              **{mode: {"text": {"aggregation": mode}} for mode in ("single", "mean", "bleu", "attention")}}
+
+# The recipe every run trains: the default DINO demo, or image-text pretraining (WFA) on the simulator's generated
+# captions or on UC Merced with UCM-captions (under `data_root`).
+RECIPES = {
+    "default": lambda smoke, variant, data_root: default.get_config(f"smoke={smoke},variant={variant}"),
+    "wfa": lambda smoke, variant, data_root: wfa.get_config(f"smoke={smoke},variant={variant}"),
+    "wfa_ucm": lambda smoke, variant, data_root: wfa.get_config(
+        f"smoke={smoke},variant={variant},data=ucm,data_root={data_root}"),
+}
 
 
 # The pool-side methods of the Less-is-More grid: hierarchical-k-means subsets down to 5 %, and SemDeDup at the two
@@ -81,11 +98,12 @@ def _data(name: str, copies: float) -> dict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = common.parse_arg(arg, scale=1, seeds=2, variant="mu/8", smoke=False, objectives="dino", data="pool",
-                           methods="default")
-    if arg.methods not in METHOD_SETS:
-        raise ValueError(f"config arg: unknown methods {arg.methods!r}; known: {', '.join(METHOD_SETS)}")
+                           methods="default", recipe="default", data_root="../shared/data")
+    for name, known in (("methods", METHOD_SETS), ("recipe", RECIPES)):
+        if arg[name] not in known:
+            raise ValueError(f"config arg: unknown {name} {arg[name]!r}; known: {', '.join(known)}")
     smoke = "smoke" if arg.smoke else ""
-    c = default.get_config(",".join(filter(None, [f"variant={arg.variant}", smoke])))
+    c = RECIPES[arg.recipe](arg.smoke, arg.variant, arg.data_root)
     c.name = "compare"
     scale = int(arg.scale)
     c.data.num_samples *= scale
