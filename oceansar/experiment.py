@@ -28,6 +28,7 @@ from oceansar import augment, embedding, release, sharding
 from oceansar.checkpoint import Checkpointer
 from oceansar.evals import across
 from oceansar.data import sources
+from oceansar.data.tokenizer import CaptionTokenizer
 from oceansar.errors import ConfigError
 from oceansar.evals.evaluator import Evaluator
 from oceansar.evals.image_text import ImageTextEvaluator
@@ -38,6 +39,10 @@ from oceansar.train import state as state_lib
 from oceansar.train import step as step_lib
 from oceansar.train.run_state import RunState
 from oceansar.train.state import TrainState
+
+
+# An image-text run's caption tokenizer, beside its checkpoints: what evaluating the workdir again needs.
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def _shaped(tree: Any, sharding_: NamedSharding) -> Any:
@@ -231,18 +236,21 @@ class Experiment:
 
 
 def restore_latest(spec: RunSpec, workdir) -> tuple[Experiment, TrainState, int]:
-    """The Experiment of a run's workdir and its latest checkpoint's train state, restored directly.
+    """The Experiment of a run's workdir (with an image-text run's tokenizer, `TOKENIZER_FILE`) and its latest
+    checkpoint's train state, restored directly.
 
     Raises:
       FileNotFoundError: the workdir has no checkpoint.
     """
+    tokenizer_file = pathlib.Path(workdir) / TOKENIZER_FILE
+    tokenizer = CaptionTokenizer.load(tokenizer_file) if tokenizer_file.is_file() else None
     directory = pathlib.Path(workdir) / "checkpoints"
     ckpt = Checkpointer(directory)
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}: run --mode=pretrain first")
     num_samples = RunState.from_tree(ckpt.restore_run(step)).num_samples
-    exp = Experiment.build(spec, num_samples=num_samples)
+    exp = Experiment.build(spec, num_samples=num_samples, tokenizer=tokenizer)
     state = exp.restore(ckpt, step)
     ckpt.close()
     return exp, state, step

@@ -63,6 +63,27 @@ def subprocess_env() -> dict[str, str]:
                 JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir))
 
 
+def launch_and_kill(argv: list[str], workdir: pathlib.Path, *, at_step: int, timeout: float = 300) -> None:
+    """Runs `launch.py argv` in a subprocess and SIGKILLs it once the checkpoint of `at_step` is committed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "launch.py", *argv], cwd=root, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    step_dir = workdir / "checkpoints" / str(at_step)
+    while time.time() < deadline and proc.poll() is None:
+        if (step_dir / "commit_success.txt").exists() or (step_dir / "_CHECKPOINT_METADATA").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture
 def smoke_config():
     """The default recipe's smoke variant: the fixture of every end-to-end test."""

@@ -1,11 +1,6 @@
 """End-to-end: the smoke recipe through launch.py, resume after kill -9, NaN guard, 1 vs 8 devices,
 release round trip."""
 import json
-import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -14,7 +9,7 @@ from absl import flags
 
 import launch
 from configs import common
-from conftest import subprocess_env
+from conftest import launch_and_kill
 from oceansar import release, sharding
 from oceansar.apps.pretrain import pretrain
 from oceansar.checkpoint import Checkpointer
@@ -22,9 +17,6 @@ from oceansar.data import pipeline, sources
 from oceansar.data.selection import Selection
 from oceansar.experiment import Experiment, restore_latest, run_spec
 from oceansar.train import loop
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def _launch(*argv):
     flags.FLAGS.unparse_flags()
@@ -92,19 +84,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path, smoke_config):
 
     # The same command in a subprocess, killed with SIGKILL once a mid-run checkpoint exists.
     killed = tmp_path / "killed"
-    env = subprocess_env()
-    argv = [sys.executable, "launch.py", "--config=configs/default.py:smoke", f"--workdir={killed}",
-            *[f"--config.{k}={v}" for k, v in (RESUME | DINOV2).items()]]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (killed / "checkpoints" / "4" / "commit_success.txt").exists() or \
-                (killed / "checkpoints" / "4" / "_CHECKPOINT_METADATA").exists():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    launch_and_kill(["--config=configs/default.py:smoke", f"--workdir={killed}",
+                     *[f"--config.{k}={v}" for k, v in (RESUME | DINOV2).items()]], killed, at_step=4)
     interrupted_at = Checkpointer(killed / "checkpoints").latest_step()
     assert interrupted_at is not None and interrupted_at < 12
 

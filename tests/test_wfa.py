@@ -1,15 +1,19 @@
 """Image-text pretraining (WFA): the recipe end to end, its batches, and its config rules."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from configs import wfa
+from conftest import launch_and_kill
+from oceansar import sharding
 from oceansar.apps.pretrain import pretrain
-from oceansar.data import sources
+from oceansar.data import pipeline, sources
+from oceansar.data.selection import Selection
 from oceansar.errors import ConfigError
 from oceansar.evals.image_text import retrieval_metrics, zero_shot_accuracy
-from oceansar.experiment import Experiment, run_spec
+from oceansar.experiment import Experiment, restore_latest, run_spec
 from oceansar.spec import RunSpec
 
 
@@ -90,3 +94,45 @@ def test_retrieval_and_zero_shot_against_brute_force():
     labels = rng.integers(0, 3, 9)
     want = np.mean(np.argmax(unit(images) @ unit(prompts).T, axis=1) == labels)
     assert zero_shot_accuracy(images, labels, prompts) == pytest.approx(want)
+
+
+KILLED = {"total_examples": 16 * 12, "checkpoint_every_steps": 4, "evals.wv.every_examples": 0,
+          "evals.captions.every_examples": 0, "eval_at_init": False}
+
+
+def test_wfa_resume_after_kill_is_bit_identical(tmp_path):
+    c = wfa.get_config("smoke,weights=attention")
+    for field, value in KILLED.items():
+        block, _, name = field.rpartition(".")
+        (c[block] if block else c)[name] = value
+    pretrain(c, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    launch_and_kill(["--config=configs/wfa.py:smoke,weights=attention", f"--workdir={killed}",
+                     *[f"--config.{k}={v}" for k, v in KILLED.items()]], killed, at_step=4)
+    pretrain(c, killed)
+    states = [jax.device_get(restore_latest(run_spec(c), d)[1]) for d in (tmp_path / "straight", killed)]
+    for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_wfa_step_on_one_device_equals_eight():
+    # Packing gathers the distinct captions of the global batch; the losses reduce over it: 8 devices train what 1
+    # does, for the learned aggregation and the sigmoid loss too.
+    c = wfa.get_config("smoke,weights=attention")
+    c.text.loss = "siglip"
+    spec = run_spec(c)
+    pool = sources.make_pretrain_source(spec.data, seed=c.seed, progress=False, text=spec.text)
+    batches = list(iter(pipeline.epoch_dataset(pool, Selection.full(len(pool)), seed=0, epoch=0,
+                                               batch_size=c.batch_size)))[:2]
+    losses = {}
+    for n in (1, 8):
+        c.num_devices = n
+        exp = Experiment.build(run_spec(c), num_samples=len(pool), tokenizer=pool.tokenizer)
+        state, train_step = exp.init_state(), exp.compile_train_step(np.uint8)
+        out = []
+        for batch in batches:
+            state, _, per_sample = train_step(state, sharding.shard_batch(exp.mesh, {k: batch[k] for k in
+                                                                                    exp.batch_spec(np.uint8)}))
+            out.append(np.asarray(per_sample))
+        losses[n] = np.stack(out)
+    np.testing.assert_allclose(losses[1], losses[8], rtol=2e-4, atol=2e-4)

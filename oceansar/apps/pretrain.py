@@ -21,7 +21,7 @@ import jax
 from oceansar import release
 from oceansar import workdir as workdir_lib
 from oceansar.data import sources
-from oceansar.experiment import Experiment, run_spec
+from oceansar.experiment import TOKENIZER_FILE, Experiment, run_spec
 from oceansar.metrics import MetricWriter, plot_run, read_jsonl
 from oceansar.pruning.report import plot_pruning
 from oceansar.train import loop
@@ -80,7 +80,10 @@ def pretrain(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
         return done
     with Preemption() as preemption:
         source = sources.make_pretrain_source(spec.data, seed=spec.seed, text=spec.text)
-        exp = Experiment.build(spec, num_samples=len(source), tokenizer=getattr(source, "tokenizer", None))
+        tokenizer = getattr(source, "tokenizer", None)
+        if tokenizer is not None and is_main:  # --mode=evaluate of this workdir tokenises as its training did
+            tokenizer.save(workdir / TOKENIZER_FILE)
+        exp = Experiment.build(spec, num_samples=len(source), tokenizer=tokenizer)
         writer = MetricWriter(workdir, enabled=is_main)
         try:
             trained = loop.run(exp, source, workdir, writer, stop_at_step=stop_at_step, preemption=preemption,
