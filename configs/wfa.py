@@ -56,10 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg.data != "simulator":
         raise ValueError(f"config arg: data={arg.data!r} is not simulator or ucm")
     if arg.smoke:
+        c.data.num_samples = 128            # generated captions are scored (BLEU) as they are read
         c.text.vocab_size = 300
         c.text.embed_dim = 16
         c.total_examples = 16 * 8
         c.evals.wv.every_examples = 16 * 8
         c.evals.wv.probes = ("knn",)
-        c.evals.captions.update(every_examples=16 * 8, num_test_per_class=3)
+        c.evals.captions.update(every_examples=16 * 8, num_test_per_class=3, batch_size=32)
     return c

@@ -21,22 +21,6 @@ def _metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_wfa_smoke_trains_on_folded_captions(tmp_path):
-    c = wfa.get_config("smoke,weights=attention")
-    summary = pretrain(c, tmp_path)
-    assert summary["examples_seen"] == c.total_examples
-    train = [r for r in _metrics(tmp_path) if "train/loss" in r]
-    assert train and all(np.isfinite(r["train/loss"]) for r in train)
-    for r in train:
-        # Folding repeats: the text tower runs on fewer tokens than every original caption holds.
-        assert 0 < r["train/text_tokens_encoded"] < r["train/text_tokens_all_captions"]
-        assert r["train/captions_dropped"] >= 0
-    # The image tower's frozen-feature probes and the two towers' retrieval and zero-shot, on captioned splits.
-    final = summary["final"]
-    assert "wv/knn/top1_k1" in final and 0 <= final["captions/retrieval/mR"] <= 1
-    assert 0 <= final["captions/zero_shot/top1"] <= 1 and (tmp_path / "release" / "model.json").is_file()
-
-
 def test_image_text_batches_carry_the_caption_fields():
     c = wfa.get_config("smoke")
     spec = run_spec(c)
@@ -100,12 +84,23 @@ KILLED = {"total_examples": 16 * 12, "checkpoint_every_steps": 4, "evals.wv.ever
           "evals.captions.every_examples": 0, "eval_at_init": False}
 
 
-def test_wfa_resume_after_kill_is_bit_identical(tmp_path):
+def test_wfa_trains_on_folded_captions_and_resumes_after_kill_bit_identical(tmp_path):
     c = wfa.get_config("smoke,weights=attention")
     for field, value in KILLED.items():
         block, _, name = field.rpartition(".")
         (c[block] if block else c)[name] = value
-    pretrain(c, tmp_path / "straight")
+    summary = pretrain(c, tmp_path / "straight")
+    assert summary["examples_seen"] == c.total_examples
+    train = [r for r in _metrics(tmp_path / "straight") if "train/loss" in r]
+    for r in train:
+        assert np.isfinite(r["train/loss"]) and r["train/captions_dropped"] >= 0
+        # Folding repeats: the text tower runs on fewer tokens than every original caption holds.
+        assert 0 < r["train/text_tokens_encoded"] < r["train/text_tokens_all_captions"]
+    # The image tower's frozen-feature probes and the two towers' retrieval and zero-shot, on captioned splits.
+    final = summary["final"]
+    assert "wv/knn/top1_k1" in final and 0 <= final["captions/retrieval/mR"] <= 1
+    assert 0 <= final["captions/zero_shot/top1"] <= 1
+
     killed = tmp_path / "killed"
     launch_and_kill(["--config=configs/wfa.py:smoke,weights=attention", f"--workdir={killed}",
                      *[f"--config.{k}={v}" for k, v in KILLED.items()]], killed, at_step=4)
