@@ -57,10 +57,11 @@ from ml_collections import config_flags  # noqa: E402
 from oceansar import flops, sharding  # noqa: E402
 from oceansar.experiment import Experiment, program_report, run_spec  # noqa: E402
 from oceansar.spec import RunSpec  # noqa: E402
+from oceansar.train import contrastive_step  # noqa: E402
 from oceansar.train import step as step_lib  # noqa: E402
-from configs import common  # noqa: E402
+from configs import common, wfa  # noqa: E402
 
-OBJECTIVES = ("dino", "dinov2")
+OBJECTIVES = ("dino", "dinov2", "wfa")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_ROOT / "configs" / "default.py"), "Recipe file, optionally with ':arg'.", lock_config=False)
@@ -78,8 +79,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation (the first includes dispatch set-up).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices in the data mesh; 0 = all visible.")
 _OBJECTIVES = flags.DEFINE_list(
-    "objectives", ["dino", "dinov2"], "Objectives timed one after the other: dino (iBOT and KoLeo off) and/or "
-    "dinov2 (iBOT + KoLeo on, configs.common.dinov2_objective).")
+    "objectives", ["dino", "dinov2"], "Objectives timed one after the other: dino (iBOT and KoLeo off), dinov2 "
+    "(iBOT + KoLeo on, configs.common.dinov2_objective) and/or wfa (image-text: the same image tower with a text "
+    "tower over 5 captions per image, WFA BLEU aggregation, InfoNCE; configs/wfa.py's text block).")
 _CEILING = flags.DEFINE_integer(
     "ceiling_size", 0, "Side n of the n x n matmul timed as this device's ceiling; 0 = 2048 on CPU, 8192 "
     "elsewhere.")
@@ -115,16 +117,38 @@ def _apply_flags(config) -> dict[str, Any]:
     return notes
 
 
+def _synthetic_captions(spec: RunSpec, local: int, rng) -> dict:
+    """Caption fields as a captioned source yields them: per image 5 captions of which 3 to 5 distinct, each
+    BOS, 12 to L-2 token ids, EOS, then pads (0), distinct rows first, counts summing to 5, BLEU-like weights."""
+    t = spec.text
+    m, length = t.max_captions, t.context_length
+    ids = np.zeros((local, m, length), np.int32)
+    distinct = rng.integers(max(1, m - 2), m + 1, local)
+    valid = np.arange(m)[None] < distinct[:, None]
+    lengths = rng.integers(min(12, length - 2), length - 1, (local, m))
+    for b, j in zip(*np.nonzero(valid)):
+        ids[b, j, 0], ids[b, j, lengths[b, j] + 1] = 1, 2
+        ids[b, j, 1:lengths[b, j] + 1] = rng.integers(3, t.vocab_size, lengths[b, j])
+    count = valid.astype(np.int32)
+    count[:, 0] += m - distinct                     # the repeats fold onto the first caption
+    weights = np.where(valid, rng.random((local, m)), 0.0).astype(np.float32)
+    return {"caption_ids": ids, "caption_valid": valid, "caption_count": count,
+            "caption_weights": weights / weights.sum(1, keepdims=True),
+            "caption_tokens": (count * (lengths + 2)).sum(1).astype(np.int32)}
+
+
 def _synthetic_batch(spec: RunSpec, rng) -> dict:
-    """This process's slice of one global batch of uint8 images, as the Grain pipeline yields it."""
+    """This process's slice of one global batch of uint8 images (and captions for an image-text run), as the
+    Grain pipeline yields it."""
     local = spec.batch_size // jax.process_count()
     size, channels = spec.data.image_size, spec.model.in_channels
     first = jax.process_index() * local
-    return {
+    batch = {
         "image": rng.integers(0, 256, (local, size, size, channels), dtype=np.uint8),
         "sample_id": (np.arange(first, first + local) % spec.data.num_samples).astype(np.int64),
         "weight": np.ones((local,), np.float32),
     }
+    return batch | (_synthetic_captions(spec, local, rng) if spec.text.enabled else {})
 
 
 class _CompileSeconds:
@@ -163,7 +187,7 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
     num_devices = spec.num_devices or jax.device_count()
     exp = Experiment.build(spec, num_samples=spec.data.num_samples)
     state = exp.init_state()
-    nlayers = len(state.params["head"]["mlp"])
+    nlayers = len(state.params["head"]["mlp"]) if "head" in state.params else 0
     batch = sharding.shard_batch(exp.mesh, _synthetic_batch(spec, np.random.default_rng(0)))
 
     compile_seconds = _CompileSeconds()
@@ -176,7 +200,8 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
     xla_flops_per_device = report.get("flops")
     memory = {k: v for k, v in report.items() if k != "flops"} or None
     # The same pure step the Experiment compiled, traced on the same abstract state and batch.
-    pure_step = step_lib.make_train_step(exp.graphdef, exp.rest, exp.tx, spec, exp.budget)
+    make = contrastive_step.make_train_step if spec.text.enabled else step_lib.make_train_step
+    pure_step = make(exp.graphdef, exp.rest, exp.tx, spec, exp.budget)
     jaxpr = jax.make_jaxpr(pure_step)(exp.abstract_state, exp.batch_spec(np.uint8))
     traced_matmul_flops = flops.jaxpr_matmul_flops(jaxpr)
 
@@ -229,8 +254,11 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
                       "local_size": c.local_size},
             "head": {"hidden_dim": spec.model.hidden_dim, "bottleneck_dim": spec.model.bottleneck_dim,
                      "out_dim": spec.model.out_dim, "nlayers": nlayers},
-            "objective": {"ibot_weight": spec.ibot.weight, "koleo_weight": spec.dino.koleo_weight,
-                          "centering": spec.dino.centering, "ibot_separate_head": spec.ibot.separate_head},
+            "objective": ({"image_text": True, "text_size": spec.text.size, "aggregation": spec.text.aggregation,
+                           "context_length": spec.text.context_length, "capacity": spec.text.capacity}
+                          if spec.text.enabled else
+                          {"ibot_weight": spec.ibot.weight, "koleo_weight": spec.dino.koleo_weight,
+                           "centering": spec.dino.centering, "ibot_separate_head": spec.ibot.separate_head}),
             "notes": notes,
         },
         "device": {"platform": platform, "device_kind": device.device_kind, "num_devices": num_devices,
@@ -248,7 +276,7 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
             "final_loss": final_loss,
         },
         "flops": {
-            "formula": flops.DINO_STEP_FORMULA,
+            "formula": flops.IMAGE_TEXT_STEP_FORMULA if spec.text.enabled else flops.DINO_STEP_FORMULA,
             "analytic_per_sample": analytic,
             "analytic_per_step": analytic["total"] * b,
             "multicrop_matmul_per_sample": augment,
@@ -279,11 +307,16 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_objective(config, objective: str):
-    """A copy of `config` training `objective`: dino (iBOT and KoLeo off) or dinov2 (both on, DINOv2's values)."""
+    """A copy of `config` training `objective`: dino (iBOT and KoLeo off), dinov2 (both on, DINOv2's values) or wfa
+    (image-text: configs/wfa.py's text block on the same image tower, crops and batch)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"--objectives: unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     config = copy.deepcopy(config)
-    if objective == "dinov2":
+    if objective == "wfa":
+        config.text = wfa.get_config().text
+        config.ibot.weight = 0.0
+        config.dino.koleo_weight = 0.0
+    elif objective == "dinov2":
         common.dinov2_objective(config)
     else:
         config.ibot.weight = 0.0

@@ -123,8 +123,40 @@ def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int, patch
     }
 
 
+def text_forward_flops(size: str, length: int, *, embed_dim: int) -> int:
+    """Matmul FLOPs of one text-tower forward on one caption of `length` tokens (padding included: the tower runs
+    static shapes): 2 * [L (T (4 D^2 + 2 D M) + 2 T^2 D) + D E], T = length, the projection to the joint space E."""
+    v = parse_variant(f"{size}/1")
+    d, m, depth = v["width"], v["mlp_dim"], v["depth"]
+    return 2 * (depth * (length * (4 * d * d + 2 * d * m) + 2 * length * length * d) + d * embed_dim)
+
+
+IMAGE_TEXT_STEP_FORMULA = (
+    "per sample: 3 * (F_img(global_size) + c * F_txt(L) + 2 B E) [forward + backward, backward ~ 2x forward]; F_img "
+    "the ViT forward plus its projection D E, F_txt(L) = 2 [L_t (L (4 D_t^2 + 2 D_t M_t) + 2 L^2 D_t) + D_t E] on a "
+    "caption of L tokens (padding included), c the captions the text tower encodes per image (B for single, "
+    "text.capacity otherwise), 2 B E the [B, B] similarity row")
+
+
+def image_text_step_flops(spec: Any) -> dict[str, int]:
+    """Analytic model FLOPs per training sample of one image-text step (see `IMAGE_TEXT_STEP_FORMULA`)."""
+    t, m = spec.text, spec.model
+    width = parse_variant(m.variant)["width"]
+    captions = 1 if t.aggregation == "single" else min(round(t.capacity * spec.batch_size),
+                                                        spec.batch_size * t.max_captions) / spec.batch_size
+    f_image = vit_forward_flops(m.variant, spec.crops.global_size, in_channels=m.in_channels) + 2 * width * t.embed_dim
+    f_text = text_forward_flops(t.size, t.context_length, embed_dim=t.embed_dim)
+    similarity = 2 * spec.batch_size * t.embed_dim
+    forward = int(f_image + captions * f_text + similarity)
+    return {"forward_image": f_image, "forward_caption": f_text, "captions_per_image": captions,
+            "forward": forward, "total": 3 * forward}
+
+
 def run_step_flops(spec: Any, *, nlayers: int) -> dict[str, int]:
-    """`dino_step_flops` of a `RunSpec`'s model, crops and objective (the iBOT patch head when its term is on)."""
+    """The analytic FLOPs per sample of a `RunSpec`'s step: `image_text_step_flops` for an image-text run, else
+    `dino_step_flops` of its model, crops and objective (the iBOT patch head when its term is on)."""
+    if spec.text.enabled:
+        return image_text_step_flops(spec)
     return dino_step_flops(spec.model, spec.crops, nlayers=nlayers, patch_tokens=spec.patch_tokens,
                            patch_out_dim=spec.patch_prototypes)
 
