@@ -96,6 +96,29 @@ def test_train_step_traced_matmuls_close_to_analytic(smoke_config, objective):
     assert traced == pytest.approx(analytic + augment_flops, rel=0.05)
 
 
+def test_text_tower_and_image_text_step_match_traced_matmuls():
+    from configs import wfa
+    from oceansar.experiment import Experiment, run_spec
+    from oceansar.models.text import TextTransformer
+    from oceansar.train import contrastive_step
+
+    tower = nnx.eval_shape(lambda: TextTransformer("mu", vocab_size=50, context_length=16, embed_dim=8,
+                                                   rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(tower, nnx.Param)
+    ids = jax.ShapeDtypeStruct((3, 16), jnp.int32)
+    traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(lambda p, x: nnx.merge(graphdef, p)(x))(params, ids))
+    assert traced == 3 * flops.text_forward_flops("mu", 16, embed_dim=8)
+    # The whole image-text step: image tower, text tower on the packed captions, [B, B] logits, backward.
+    config = wfa.get_config("smoke")
+    exp = Experiment.build(run_spec(config), num_samples=config.data.num_samples, tokenizer=object())
+    step = contrastive_step.make_train_step(exp.graphdef, exp.rest, exp.tx, exp.spec, exp.budget)
+    traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(step)(exp.abstract_state, exp.batch_spec(jnp.uint8)))
+    augment_flops = flops.multicrop_flops(ml_collections.ConfigDict(dict(config.crops, n_global=1, n_local=0)),
+                                          image_size=config.data.image_size, in_channels=1)
+    analytic = flops.run_step_flops(exp.spec, nlayers=0)["total"]
+    assert traced / config.batch_size == pytest.approx(analytic + augment_flops, rel=0.05)
+
+
 def test_jaxpr_matmul_flops_nested_scan_cond_conv():
     w = jnp.ones((8, 16))
 
