@@ -131,3 +131,17 @@ def test_wfa_step_on_one_device_equals_eight():
             out.append(np.asarray(per_sample))
         losses[n] = np.stack(out)
     np.testing.assert_allclose(losses[1], losses[8], rtol=2e-4, atol=2e-4)
+
+
+def test_caption_report_counts_repeats_and_token_savings(tmp_path):
+    from configs import curate_captions
+    from oceansar.apps.curate import curate
+
+    c = curate_captions.get_config("smoke")
+    c.text.repeat_fraction = 0.5                           # 5 captions: 2 repeats, 3 distinct per image
+    curate(c, tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["images"] == c.data.num_samples and s["captions"] == 5 * s["images"]
+    assert s["distinct_per_image"] == {"3": s["images"]} and s["repeat_share"] == pytest.approx(0.4)
+    assert 0 < s["tokens_distinct_captions"] < s["tokens_all_captions"] and 0.3 < s["token_saving"] < 0.5
+    assert (tmp_path / "captions.png").stat().st_size > 0

@@ -5,7 +5,8 @@ Three recipes turn the `X.npy` written by `--mode=embed` into a selection (`kept
 before/after; a grid of kept versus removed images when the source can render them):
 `hkmeans` (hierarchical k-means with resampling + balanced sampling to a target, Vo et al.),
 `semdedup` (SemDeDup at several eps, the kept set of the chosen one written), and `rs_prune`
-(entropy filter over the source images + scene-aware sampling guided by a labelled reference set).
+(entropy filter over the source images + scene-aware sampling guided by a labelled reference set); `captions`
+reports a captioned pool's caption redundancy instead (`oceansar.apps.caption_report`).
 Every input is checked, with the config field or file named, before any clustering runs. The
 selection is written with `Selection.save`, the one owner of the format, which the static pruning
 policy reads back with `Selection.load`. The kernels live in `curation/`; this module is
@@ -28,6 +29,7 @@ from absl import logging
 from curation import dedup, entropy as entropy_lib, hierarchical, io as curation_io, sampling, scene
 from oceansar import sharding
 from oceansar.apps import embed as embed_lib
+from oceansar.apps.caption_report import caption_report
 from oceansar.data import sources
 from oceansar.data.selection import Selection
 from oceansar.errors import ConfigError, DataError, DataNotFoundError
@@ -35,7 +37,7 @@ from oceansar.evals import features as features_lib
 from oceansar.models.vit import parse_variant
 from oceansar.spec import DataSpec, EvalSpec, build
 
-RECIPES = ("hkmeans", "semdedup", "rs_prune")
+RECIPES = ("hkmeans", "semdedup", "rs_prune", "captions")
 
 
 @dataclasses.dataclass
@@ -389,6 +391,8 @@ def curate(config, workdir: str | pathlib.Path) -> pathlib.Path:
     """
     if config.recipe not in RECIPES:
         raise ConfigError(f"config.recipe={config.recipe!r}; known: {RECIPES}")
+    if config.recipe == "captions":  # a report on a captioned pool: no embeddings, nothing selected
+        return caption_report(config, workdir)
     out_dir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.num_devices or None)
     pool = _load_pool(config)
