@@ -102,6 +102,7 @@ class Experiment:
     backbone_graphdef: nnx.GraphDef
     abstract_state: TrainState
     evaluators: dict[str, Evaluator | ImageTextEvaluator]
+    tokenizer: Any = None      # an image-text run's caption tokenizer (its pool's)
     _embed_fns: dict[str, Callable] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -118,7 +119,8 @@ class Experiment:
         evaluators = {name: _evaluator(spec, name, e, tokenizer) for name, e in spec.evals.items()}
         return cls(spec=spec, num_samples=num_samples, mesh=mesh, budget=step_lib.Budget.from_spec(spec), tx=tx,
                    graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, nnx.Param)[0],
-                   abstract_state=_shaped(abstract, sharding.replicated(mesh)), evaluators=evaluators)
+                   abstract_state=_shaped(abstract, sharding.replicated(mesh)), evaluators=evaluators,
+                   tokenizer=tokenizer)
 
     def init_state(self, *, init_from: bool = True) -> TrainState:
         """The initial train state, replicated over the mesh.

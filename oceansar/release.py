@@ -4,7 +4,10 @@ A release directory holds `model.json` (the ViT's constructor arguments, the inp
 and the training config's name) and `params/`, an Orbax checkpoint of the backbone parameters as a
 pure nested dict. `load(path)` rebuilds the `ViT` and returns it ready for feature extraction (with
 `oceansar.embedding.make_embed_fn` and the spec's input scale) or fine-tuning with any JAX/Flax
-training code; `load_params` reads the weights alone into a given structure (`config.init_from`).
+training code; `load_params` reads the weights alone into a given structure (`config.init_from`). An image-text
+run's release also holds `image_text/` (every parameter of the two-tower model: the text tower, the projections,
+the caption aggregator, the temperature), `tokenizer.json` (the caption tokenizer it was trained with) and a `text`
+block in `model.json`; `load_image_text` rebuilds that model and its tokenizer.
 """
 from __future__ import annotations
 
@@ -23,8 +26,14 @@ from oceansar.models.vit import ViT
 from oceansar.spec import RunSpec
 
 
+TOKENIZER_FILE = "tokenizer.json"
+
+
 def _model_spec(run: RunSpec) -> dict[str, Any]:
-    return {
+    text = {} if not run.text.enabled else {"text": {
+        k: getattr(run.text, k) for k in ("size", "vocab_size", "context_length", "embed_dim", "aggregation", "loss",
+                                          "max_captions")}}
+    return text | {
         "variant": run.model.variant,
         "img_size": run.crops.global_size,
         "in_channels": run.model.in_channels,
@@ -36,8 +45,9 @@ def _model_spec(run: RunSpec) -> dict[str, Any]:
     }
 
 
-def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec) -> pathlib.Path:
-    """Writes the teacher backbone (its head dropped) and its model spec to `path`."""
+def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec, tokenizer=None) -> pathlib.Path:
+    """Writes the teacher backbone (its head dropped) and its model spec to `path`; for an image-text run, also
+    the whole two-tower model and its caption `tokenizer`."""
     path = pathlib.Path(path).absolute()
     if path.exists():
         shutil.rmtree(path)
@@ -45,7 +55,13 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec
     backbone = jax.device_get(nnx.to_pure_dict(teacher_params["backbone"]))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", backbone)
+        if spec.text.enabled:
+            ckptr.save(path / "image_text", jax.device_get(nnx.to_pure_dict(teacher_params)))
         ckptr.wait_until_finished()
+    if spec.text.enabled:
+        if tokenizer is None:
+            raise ValueError("release.export: an image-text release needs its caption tokenizer")
+        tokenizer.save(path / TOKENIZER_FILE)
     (path / "model.json").write_text(json.dumps(_model_spec(spec), indent=2))
     return path
 
@@ -128,3 +144,32 @@ def embedder(path: str | pathlib.Path, *, l2_normalize: bool = False):
                                  in_channels=spec["in_channels"], l2_normalize=l2_normalize,
                                  owner=f"the release {path}")
     return fn, params, spec
+
+
+def load_image_text(path: str | pathlib.Path):
+    """Restores an image-text release: the two-tower model and the caption tokenizer it was trained with.
+
+    Returns:
+      (model, tokenizer, spec): the `ImageTextModel` (`encode_image` on standardised images at `img_size`,
+      `encode_text` on `tokenizer.encode(captions, context_length)`), the `CaptionTokenizer`, and `model.json`.
+
+    Raises:
+      DataNotFoundError: `path` is no release directory, or no image-text one.
+    """
+    from oceansar.data.tokenizer import CaptionTokenizer
+    from oceansar.models.image_text import ImageTextModel
+
+    path = pathlib.Path(path).absolute()
+    spec = _read_spec(path, "release")
+    if "text" not in spec or not (path / "image_text").exists():
+        raise DataNotFoundError(f"release: {path} holds a backbone only, not an image-text model")
+    t = spec["text"]
+    model = ImageTextModel(spec["variant"], img_size=spec["img_size"], in_channels=spec["in_channels"],
+                           text_size=t["size"], vocab_size=t["vocab_size"], context_length=t["context_length"],
+                           embed_dim=t["embed_dim"], aggregation=t["aggregation"], loss=t["loss"], rngs=nnx.Rngs(0))
+    _, params = nnx.split(model, nnx.Param)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params))
+    with ocp.StandardCheckpointer() as ckptr:
+        nnx.replace_by_pure_dict(params, ckptr.restore(path / "image_text", target))
+    nnx.update(model, params)
+    return model, CaptionTokenizer.load(path / TOKENIZER_FILE), spec

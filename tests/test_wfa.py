@@ -7,7 +7,7 @@ import pytest
 
 from configs import wfa
 from conftest import launch_and_kill
-from oceansar import sharding
+from oceansar import release, sharding
 from oceansar.apps.pretrain import pretrain
 from oceansar.data import pipeline, sources
 from oceansar.data.selection import Selection
@@ -108,6 +108,13 @@ def test_wfa_trains_on_folded_captions_and_resumes_after_kill_bit_identical(tmp_
     states = [jax.device_get(restore_latest(run_spec(c), d)[1]) for d in (tmp_path / "straight", killed)]
     for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
         np.testing.assert_array_equal(x, y)
+
+    # The release holds both towers and the tokenizer: its text features are the trained model's.
+    model, tokenizer, spec = release.load_image_text(tmp_path / "straight" / "release")
+    exp, state, _ = restore_latest(run_spec(c), tmp_path / "straight")
+    ids = tokenizer.encode(["sar image of ocean swell", "sea ice"], spec["text"]["context_length"])
+    np.testing.assert_allclose(model.encode_text(ids), exp.image_text_fns()[1](state.teacher, ids), atol=1e-5)
+    assert tokenizer.to_json() == exp.tokenizer.to_json()
 
 
 def test_wfa_step_on_one_device_equals_eight():

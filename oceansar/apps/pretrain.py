@@ -91,7 +91,8 @@ def pretrain(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
             examples = trained.step * spec.batch_size
             if trained.step < exp.budget.total_steps:
                 if is_main:
-                    release.export(workdir / "release", teacher_params=trained.state.teacher, spec=spec)
+                    release.export(workdir / "release", teacher_params=trained.state.teacher, spec=spec,
+                                   tokenizer=tokenizer)
                 return {"steps": trained.step, "examples_seen": examples}
             final = exp.evaluate(trained.state.teacher, progress=spec.progress and is_main)
             writer.write(trained.step, {f"eval/{k}": v for k, v in final.items()} | {"examples_seen": examples})
@@ -101,13 +102,14 @@ def pretrain(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
         if spec.eval_at_init:
             summary["at_init"] = exp.evaluate(exp.init_state(init_from=False).teacher)
         if is_main:
-            _finish(workdir, exp, trained, summary)
+            _finish(workdir, exp, trained, summary, tokenizer)
     return summary
 
 
-def _finish(workdir: pathlib.Path, exp: Experiment, trained: loop.Trained, summary: dict[str, Any]) -> None:
+def _finish(workdir: pathlib.Path, exp: Experiment, trained: loop.Trained, summary: dict[str, Any],
+            tokenizer) -> None:
     """Release, figures, then `summary.json` last: its presence marks the run finished."""
-    release.export(workdir / "release", teacher_params=trained.state.teacher, spec=exp.spec)
+    release.export(workdir / "release", teacher_params=trained.state.teacher, spec=exp.spec, tokenizer=tokenizer)
     records = read_jsonl(workdir / "metrics.jsonl")
     plot_run(records, workdir / "metrics.png")
     if exp.spec.pruning.policy != "none":
