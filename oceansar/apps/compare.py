@@ -404,7 +404,9 @@ def plot_curves(raw: dict[str, Any], config, out: pathlib.Path) -> None:
 
     cols = columns(raw)
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.6), squeeze=False)
+    colors = plt.cm.tab10.colors if len(arms(config)) <= 10 else plt.cm.tab20.colors  # one colour per run
     for ax, (key, title, _) in zip(axes[0], cols):
+        ax.set_prop_cycle(color=colors)
         for method in arms(config):
             curves = [{p["examples_seen"]: p[key] for p in raw["runs"][f"{method}/seed{s}"]["curve"]
                        if key in p} for s in config.compare.seeds]
@@ -435,6 +437,7 @@ def plot_class_mix(raw: dict[str, Any], config, out: pathlib.Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(classes)), 3.8))
+    ax.set_prop_cycle(color=plt.cm.tab10.colors if len(mixes) <= 10 else plt.cm.tab20.colors)
     width = 0.8 / len(mixes)
     for i, (method, per_seed) in enumerate(mixes.items()):
         shares = [np.mean([mix[c] for mix in per_seed]) for c in classes]
