@@ -11,8 +11,9 @@ from oceansar.apps import compare
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     c = compare_config.get_config("smoke,seeds=1")
-    # The random subset and InfoBatch run in test_policies and test_train_loop.
-    c.compare.methods = tuple(m for m in compare.METHODS if m not in ("random", "dynamic_infobatch"))
+    # The random subset and InfoBatch run in test_policies and test_train_loop; hierarchical k-means keeps a
+    # quarter by its method parameter (pruning.rho is a half).
+    c.compare.methods = ("full", "static_semdedup", "static_hkmeans@rho=0.25", "dynamic")
     workdir = tmp_path_factory.mktemp("compare")
     raw = compare.compare(c, workdir)
     return c, workdir, raw
@@ -26,16 +27,18 @@ def test_every_method_trains_the_same_budget_from_one_warmup(tiny):
         summary = json.loads((workdir / "seed0" / method / "summary.json").read_text())
         assert summary["examples_seen"] == c.total_examples
         config = json.loads((workdir / "seed0" / method / "config.json").read_text())
-        assert config["pruning"]["policy"] == compare.METHODS[method]
+        assert config["pruning"]["policy"] == compare.METHODS[compare.parse_method(method)[0]]
         # The run continued the warm-up: its own log starts after the prefix.
         steps = [json.loads(line)["step"] for line in
                  (workdir / "seed0" / method / "metrics.jsonl").read_text().splitlines()]
         assert min(steps) > prefix
     static = {m: np.load(workdir / "seed0" / f"curate_{m}" / "kept_indices.npy")
-              for m in ("semdedup", "hkmeans")}
-    assert static["hkmeans"].size == round(c.pruning.rho * c.data.num_samples)
-    served = raw["runs"]["static_hkmeans/seed0"]["pruning"]["selection_size"]
-    assert served == static["hkmeans"].size
+              for m in ("semdedup", "hkmeans@rho=0.25")}
+    assert static["hkmeans@rho=0.25"].size == round(0.25 * c.data.num_samples)
+    hkmeans = json.loads((workdir / "seed0" / "static_hkmeans@rho=0.25" / "config.json").read_text())
+    assert hkmeans["pruning"]["rho"] == 0.25                # the method's parameter, applied to its run only
+    served = raw["runs"]["static_hkmeans@rho=0.25/seed0"]["pruning"]["selection_size"]
+    assert served == static["hkmeans@rho=0.25"].size
     assert raw["runs"]["dynamic/seed0"]["pruning"]["resamplings"] >= 2
     assert raw["runs"]["full/seed0"]["pruning"]["kept_fraction"] == 1.0
 
@@ -132,8 +135,9 @@ def test_an_objective_patch_with_an_unknown_field_is_named(tmp_path):
 
 def test_data_axis_trains_each_duplicated_pool_from_its_own_warmup(tmp_path):
     c = compare_config.get_config("smoke,seeds=1,data=pool+subset+uniform+heavy")
-    c.compare.methods = ("full", "static_hkmeans@rho=0.25")
-    c.evals.wv.probes = ("knn",)
+    c.compare.methods = ("full",)          # the pool-side methods (and their parameters) run in the tests above
+    c.total_examples = 16 * 8
+    c.evals.wv.update(probes=("knn",), every_examples=16 * 8)
     raw = compare.compare(c, tmp_path)
     assert raw["data"] == ["pool", "subset", "uniform", "heavy"]             # the arg's order, not sorted
     sizes = {name: v["pool_size"] for name, v in raw["variants"].items()}
@@ -144,14 +148,13 @@ def test_data_axis_trains_each_duplicated_pool_from_its_own_warmup(tmp_path):
         assert (tmp_path / "seed0" / name / "warmup" / "release" / "model.json").is_file()
     assert json.loads((tmp_path / "seed0" / "heavy" / "full" / "config.json").read_text())[
         "data"]["duplication"]["skew"] == 20.0
-    # Subset sizes by method parameter; "filtered" = the uniform pool SemDeDup'd back to the base subset's size.
-    assert np.load(tmp_path / "seed0" / "pool" / "curate_hkmeans@rho=0.25" / "kept_indices.npy").size == 16
+    # "filtered" = the uniform pool SemDeDup'd back to the base subset's size.
     filtered = np.load(tmp_path / "seed0" / "uniform" / "curate_semdedup@rho=0.25" / "kept_indices.npy")
     assert filtered.size == 16
     # Only the pool variant trains the pool-side methods; the duplicated pools train full data.
     assert sorted(k for k in raw["runs"] if not k.startswith("at_init")) == sorted(
-        f"{a}/seed0" for a in ["pool/full", "pool/static_hkmeans@rho=0.25", "subset/full", "uniform/full",
-                               "uniform/static_semdedup@rho=0.25", "heavy/full"])
+        f"{a}/seed0" for a in ["pool/full", "subset/full", "uniform/full", "uniform/static_semdedup@rho=0.25",
+                               "heavy/full"])
     # The hidden truth of each pool: the duplicated ones repeat their originals' duplicate groups.
     pools = {name: raw["runs"][f"{name}/full/seed0"]["pool_engagement"] for name in sizes}
     assert pools["uniform"]["near_duplicate_share"] >= 0.75 > pools["subset"]["near_duplicate_share"]
