@@ -105,7 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if arg[name] not in known:
             raise ValueError(f"config arg: unknown {name} {arg[name]!r}; known: {', '.join(known)}")
     smoke = "smoke" if arg.smoke else ""
-    c = RECIPES[arg.recipe](arg.smoke, arg.variant, arg.data_root)
+    if arg.recipe == "default":  # spelled out: `show_config` follows a recipe's comments through this call
+        c = default.get_config(f"smoke={arg.smoke},variant={arg.variant}")
+    else:
+        c = RECIPES[arg.recipe](arg.smoke, arg.variant, arg.data_root)
     c.name = "compare"
     scale = int(arg.scale)
     c.data.num_samples *= scale

@@ -134,32 +134,29 @@ def test_an_objective_patch_with_an_unknown_field_is_named(tmp_path):
 
 
 def test_data_axis_trains_each_duplicated_pool_from_its_own_warmup(tmp_path):
-    c = compare_config.get_config("smoke,seeds=1,data=pool+subset+uniform+heavy")
+    c = compare_config.get_config("smoke,seeds=1,data=uniform+subset")
     c.compare.methods = ("full",)          # the pool-side methods (and their parameters) run in the tests above
     c.total_examples = 16 * 8
     c.evals.wv.update(probes=("knn",), every_examples=16 * 8)
     raw = compare.compare(c, tmp_path)
-    assert raw["data"] == ["pool", "subset", "uniform", "heavy"]             # the arg's order, not sorted
+    assert raw["data"] == ["uniform", "subset"]                              # the arg's order, not sorted
     sizes = {name: v["pool_size"] for name, v in raw["variants"].items()}
-    assert sizes == {"pool": 64, "subset": 16, "uniform": 64, "heavy": 64}   # base 25 % x 4 members
-    for name, scheme in (("subset", "subset"), ("uniform", "uniform"), ("heavy", "exponential")):
+    assert sizes == {"subset": 16, "uniform": 64}                            # base 25 % x 4 members
+    for name in ("subset", "uniform"):
         config = json.loads((tmp_path / "seed0" / name / "full" / "config.json").read_text())
-        assert config["data"]["duplication"]["scheme"] == scheme
+        assert config["data"]["duplication"]["scheme"] == name
         assert (tmp_path / "seed0" / name / "warmup" / "release" / "model.json").is_file()
-    assert json.loads((tmp_path / "seed0" / "heavy" / "full" / "config.json").read_text())[
-        "data"]["duplication"]["skew"] == 20.0
     # "filtered" = the uniform pool SemDeDup'd back to the base subset's size.
     filtered = np.load(tmp_path / "seed0" / "uniform" / "curate_semdedup@rho=0.25" / "kept_indices.npy")
     assert filtered.size == 16
-    # Only the pool variant trains the pool-side methods; the duplicated pools train full data.
+    # Only the uniform variant trains the filtered subset; the others train full data.
     assert sorted(k for k in raw["runs"] if not k.startswith("at_init")) == sorted(
-        f"{a}/seed0" for a in ["pool/full", "subset/full", "uniform/full", "uniform/static_semdedup@rho=0.25",
-                               "heavy/full"])
-    # The hidden truth of each pool: the duplicated ones repeat their originals' duplicate groups.
+        f"{a}/seed0" for a in ["subset/full", "uniform/full", "uniform/static_semdedup@rho=0.25"])
+    # The hidden truth of each pool: the duplicated one repeats its originals' duplicate groups.
     pools = {name: raw["runs"][f"{name}/full/seed0"]["pool_engagement"] for name in sizes}
     assert pools["uniform"]["near_duplicate_share"] >= 0.75 > pools["subset"]["near_duplicate_share"]
     text = (tmp_path / "results.md").read_text()
-    assert "| uniform − pool (full data) |" in text and "| pool: heavy |" in text
+    assert "| subset − uniform (full data) |" in text and "| pool: subset |" in text
     assert "| uniform/static_semdedup@rho=0.25 − uniform/full |" in text
 
 
