@@ -128,7 +128,7 @@ def main(argv):
     if not _RELEASE.value:
         raise app.UsageError("--release: a release directory written by --mode=export")
     rel = pathlib.Path(_RELEASE.value)
-    spec = json.loads((rel / "model.json").read_text())
+    spec = release.read_config(rel)
     mesh = sharding.make_mesh()
     for name in _POOLS.value:
         source = _pool(name, image_size=48 if spec["img_size"] <= 48 else spec["img_size"])

@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = dict(
-        source="synthetic_wv",     # synthetic_wv | folder | wv_files | tfds
+        source="synthetic_wv",     # synthetic_wv | folder | wv_files | tfds | captions | safe
         num_samples=16384,         # simulated vignettes in the pretraining pool
         image_size=48,             # px; small for the CPU (OceanSAR-1 uses 256)
         class_frequencies=(),      # () = the simulator's heavy-tailed TenGeoP mix
@@ -56,6 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         captions="",               # captions source: the JSON (UCM-captions or Karpathy layout) of the images
                                    # under root; "" = <root>/captions.json
         split="train",             # captions source: the split trained on
+        safe=dict(                 # source="safe": Sentinel-1 SAFE products (folders or zips) under root
+            pixel_spacing=50.0,    # m: intensity block-averaged (multilooked) to this ground spacing (OceanSAR-1)
+            tile_size=0,           # multilooked px per square tile; 0 = one record per measurement (a WV vignette)
+            polarisations=("vv",),  # hh | hv | vh | vv; () = every polarisation in the products
+            thermal_noise=True,    # subtract the noise LUTs (range x azimuth) before calibrating
+            db_range=(-35.0, 5.0),  # sigma0 dB mapped onto 0..255: the simulator's scale (synthetic.DB_RANGE)
+            verify_checksums=False,  # MD5 of every file read against manifest.safe, at construction
+        ),
         duplication=dict(          # Less-is-More's controlled duplication of a random base subset; its
                                    # copies are made as pool_transform's near-duplicates (crop, ..., looks)
             scheme="none",         # none | subset (plain) | uniform | exponential (skewed multiplicities)
@@ -69,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         variant=arg.variant,       # ViT variant string: Ti/16, S/16, S/8, B/16, B/8, mu/8 (tiny)
         in_channels=1,             # VV only
         drop_path_rate=0.0,        # stochastic depth; tiny nets do not need it
+        layer_scale=0.0,           # LayerScale init (DINOv2: 1e-5); 0 = none, as DINO and every release so far
         out_dim=1024,              # prototypes K (65536 in DINO; scaled to the data)
         hidden_dim=256,
         bottleneck_dim=64,

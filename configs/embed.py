@@ -23,10 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "embed"
     c.seed = 0                     # the simulator pool's seed, as in configs/default.py (same pool)
-    c.release = arg.release        # a directory written by --mode=export (model.json + params/)
+    c.release = arg.release        # a directory written by --mode=export (config.json + model.safetensors)
     # The pool exactly as configs/default.py describes it (same fields and defaults), so a pretraining
     # recipe's `--config.data.*` overrides carry over. mean/std are not read here: the release's own
-    # input standardisation (model.json) is what its weights were trained with.
+    # input standardisation (the release's config.json) is what its weights were trained with.
     c.data = default.get_config().data
     c.data.source = arg.source
     c.data.root = arg.root

@@ -58,13 +58,17 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, *, state: Any, data_iterator: grain.DatasetIterator,
+    def save(self, step: int, *, state: Any, data_iterator: grain.DatasetIterator | None,
              run: dict[str, np.ndarray]) -> bool:
-        """Starts an asynchronous save of `step`; returns False if that step already exists."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            run=ocp.args.StandardSave({k: np.asarray(v) for k, v in run.items()}))
+        """Starts an asynchronous save of `step`; returns False if that step already exists.
+
+        `data_iterator` None: a run whose batches are a function of its step (fine-tuning) saves no reader.
+        """
+        items = {"state": ocp.args.StandardSave(state),
+                 "run": ocp.args.StandardSave({k: np.asarray(v) for k, v in run.items()})}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        args = ocp.args.Composite(**items)
         saved = self._manager.save(step, args=args)
         if not saved:
             logging.info("checkpoint step %d already exists; not overwritten", step)

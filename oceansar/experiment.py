@@ -129,19 +129,22 @@ class Experiment:
           init_from: fill the backbones from `config.init_from` when it is set (False: the random-init
             reference of a summary).
         """
-        _, _, state = state_lib.init_state(self.spec, num_samples=self.num_samples, tx=self.tx)
+        # One compiled program writes every tensor straight into its sharding: built eagerly, each initializer
+        # is a program of its own and the whole state lands on one device first.
+        build = jax.jit(lambda: state_lib.init_state(self.spec, num_samples=self.num_samples, tx=self.tx)[2],
+                        out_shardings=jax.tree.map(lambda x: x.sharding, self.abstract_state))
+        state = build()
         if init_from and self.spec.init_from:
-            state = self._init_from(state, self.spec.init_from)
-        return sharding.replicate(self.mesh, state)
+            state = sharding.replicate(self.mesh, self._init_from(state, self.spec.init_from))
+        return state
 
     def _init_from(self, state: TrainState, path: str) -> TrainState:
         """Student and teacher backbones from a release; head, optimizer and the rest stay fresh."""
         pure = nnx.to_pure_dict(state.params)
-        pure["backbone"] = release.load_params(path, like=pure["backbone"], field="config.init_from")
+        pure["backbone"], report = release.load_params(path, like=pure["backbone"], field="config.init_from")
         params = state.params
         nnx.replace_by_pure_dict(params, pure)
-        n = len(jax.tree.leaves(pure["backbone"]))
-        logging.warning("init_from: %d backbone tensors loaded from %s (head initialised fresh)", n, path)
+        logging.warning("config.init_from: %s Heads initialised fresh.", report.summary())
         return state.replace(params=params, teacher=jax.tree.map(jnp.copy, params),
                              opt_state=self.tx.init(params))
 

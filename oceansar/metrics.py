@@ -24,6 +24,22 @@ def _to_python(value: Any):
     return arr.tolist()
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it is installed
+    (2 s per process) only to accept its tensors, and every value written here is a Python float."""
+    import sys
+
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter  # heavy import, writer processes only
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Appends scalars to `<workdir>/metrics.jsonl` and to TensorBoard event files.
 
@@ -47,7 +63,7 @@ class MetricWriter:
 
     def _board(self):
         if self._tb is None:
-            from tensorboardX import SummaryWriter  # heavy import, writer processes only
+            SummaryWriter = _summary_writer_class()
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self._purge_step)
         return self._tb
 

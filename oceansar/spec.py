@@ -19,12 +19,13 @@ from typing import Any
 from oceansar import masking
 from oceansar.augment import MultiCropSpec
 from oceansar.data.duplication import SCHEMES as DUPLICATION_SCHEMES
+from oceansar.data.safe import POLARISATIONS as SAFE_POLARISATIONS
 from oceansar.errors import ConfigError
 from oceansar.models.vit import _SIZES as VIT_SIZES
 from oceansar.models.vit import parse_variant
 
-SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds", "captions")
-EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship", "captions")
+SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds", "captions", "safe")
+EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship", "captions", "safe")
 PROBES = ("knn", "linear", "regression")
 IMAGE_TEXT_PROBES = ("retrieval", "zero_shot")  # image-text runs: the text tower takes part
 FEATURES = ("cls", "cls+mean_patch")
@@ -40,6 +41,8 @@ LOSS_RULES = ("infobatch",)
 POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLICIES[1:] for r in LOSS_RULES)
 # Top-level blocks that belong to an application (`--mode=compare`), not to a training run.
 APP_BLOCKS = ("compare",)
+FINETUNE_TASKS = ("classification", "regression")
+FINETUNE_MODES = ("full", "linear")
 
 
 def _require(ok: bool, field: str, why: str) -> None:
@@ -139,10 +142,30 @@ class DuplicationSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SafeSpec:
+    """How Sentinel-1 SAFE products become records (`config.data.safe`; `data.safe.SafeSource`)."""
+
+    pixel_spacing: float             # m: the measurement multilooked (intensity block average) to this spacing
+    tile_size: int                   # multilooked px per square tile; 0 = one record per measurement file
+    polarisations: tuple[str, ...]   # of hh | hv | vh | vv; () = all
+    thermal_noise: bool              # subtract the noise LUTs before calibrating
+    db_range: tuple[float, ...]      # (lo, hi) sigma0 dB mapped onto 0..255
+    verify_checksums: bool           # MD5 of every file read against manifest.safe, at construction
+
+    def __post_init__(self):
+        _require(self.pixel_spacing > 0, "pixel_spacing", f"must be positive, got {self.pixel_spacing}")
+        _require(self.tile_size >= 0, "tile_size", f"must be >= 0 (0: whole files), got {self.tile_size}")
+        _require(all(p in SAFE_POLARISATIONS for p in self.polarisations), "polarisations",
+                 f"{self.polarisations} must be of {SAFE_POLARISATIONS}")
+        _require(len(self.db_range) == 2 and self.db_range[0] < self.db_range[1], "db_range",
+                 f"must be (lo, hi) with lo < hi, got {self.db_range}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
     """The pretraining pool (`config.data`)."""
 
-    source: str                # synthetic_wv | folder | wv_files | tfds
+    source: str                # synthetic_wv | folder | wv_files | tfds | captions | safe
     num_samples: int           # simulator pool size
     image_size: int            # px
     class_frequencies: tuple[float, ...]
@@ -161,6 +184,7 @@ class DataSpec:
     duplication: DuplicationSpec  # a base subset with controlled duplication (its copies made as pool_transform's)
     captions: str              # the captions source's JSON (UCM-captions or Karpathy layout); "" = <root>/captions.json
     split: str                 # the captions source's split
+    safe: SafeSpec             # the safe source's calibration, multilook and tiling
 
     def __post_init__(self):
         _require(self.source in SOURCES, "source", f"unknown source {self.source!r}; known: {SOURCES}")
@@ -169,7 +193,7 @@ class DataSpec:
         _require(self.worker_count >= 0, "worker_count", f"must be >= 0, got {self.worker_count}")
         if self.source == "synthetic_wv":
             _require(self.num_samples > 0, "num_samples", f"must be positive, got {self.num_samples}")
-        if self.source in ("folder", "wv_files"):
+        if self.source in ("folder", "wv_files", "safe"):
             _require(bool(self.root), "root", f"the {self.source} source needs a directory")
         if self.source == "tfds":
             _require(bool(self.tfds_name), "tfds_name", "the tfds source needs a dataset name")
@@ -184,6 +208,7 @@ class ModelSpec:
     variant: str               # ViT variant string, e.g. S/16, mu/8
     in_channels: int
     drop_path_rate: float
+    layer_scale: float         # LayerScale init (DINOv2, arXiv 2103.17239); 0 = none
     out_dim: int               # DINO prototypes K
     hidden_dim: int
     bottleneck_dim: int
@@ -198,6 +223,7 @@ class ModelSpec:
         for name in ("in_channels", "out_dim", "hidden_dim", "bottleneck_dim"):
             _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+        _require(self.layer_scale >= 0, "layer_scale", f"must be >= 0 (0 = no LayerScale), got {self.layer_scale}")
         _require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
 
     @property
@@ -556,4 +582,74 @@ def _top_fields() -> list[tuple[str, Any]]:
 _Top = dataclasses.make_dataclass("_Top", _top_fields(), frozen=True)
 
 # Blocks inside blocks, by the annotation that names them.
-_NESTED = {"PoolSpec": PoolSpec, "DuplicationSpec": DuplicationSpec}
+@dataclasses.dataclass(frozen=True)
+class FinetuneDataSpec:
+    """The labelled dataset a network is fine-tuned on (`config.finetune.data`): the evaluators' sources."""
+
+    source: str                # synthetic_wv | folder | tfds | opensarship (as `EvalSpec.source`)
+    root: str
+    tfds_name: str
+    train_split: str
+    test_split: str
+    num_train_per_class: int   # synthetic_wv split sizes
+    num_test_per_class: int
+    image_size: int            # px the images are read at (a centre view resizes them to the backbone's)
+
+    def __post_init__(self):
+        _require(self.image_size > 0, "image_size", f"must be positive, got {self.image_size}")
+        _require(self.source in EVAL_SOURCES and self.source != "captions", "source",
+                 f"unknown source {self.source!r}; known: {tuple(s for s in EVAL_SOURCES if s != 'captions')}")
+        _require(self.source in ("synthetic_wv",) or bool(self.root or self.tfds_name), "root",
+                 f"the {self.source} source needs its root (tfds: tfds_name)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneModelSpec:
+    """The backbone when `init_from` is no oceansar release (`config.finetune.model`; a release brings its own)."""
+
+    variant: str               # "" = the release's
+    img_size: int
+    in_channels: int
+    layer_scale: float
+    mean: float                # input standardisation of uint8 / 255 pixels
+    std: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSpec:
+    """Supervised fine-tuning of a pretrained backbone (`config.finetune`, `--mode=finetune`)."""
+
+    task: str                  # classification (the records' label) | regression (`targets`)
+    targets: tuple[str, ...]   # regression: record fields, e.g. wind_speed, hs
+    mode: str                  # full (layer-wise lr decay) | linear (backbone frozen)
+    data: FinetuneDataSpec
+    model: FinetuneModelSpec
+    epochs: int
+    batch_size: int
+    lr: float                  # peak learning rate (the head's; block i of d gets lr * layer_decay^(d - i))
+    min_lr: float
+    warmup_epochs: int
+    weight_decay: float
+    layer_decay: float
+    label_smoothing: float
+    drop_path_rate: float
+    flips: bool                # random horizontal / vertical flips (SAR and EO scenes have no up)
+    eval_every_epochs: int     # 0: only at the end
+    n_bootstrap: int
+
+    def __post_init__(self):
+        _require(self.task in FINETUNE_TASKS, "task", f"{self.task!r} is not one of {FINETUNE_TASKS}")
+        _require(self.task != "regression" or bool(self.targets), "targets", "a regression needs its record fields")
+        _require(self.mode in FINETUNE_MODES, "mode", f"{self.mode!r} is not one of {FINETUNE_MODES}")
+        for name in ("epochs", "batch_size"):
+            _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", f"must lie in [0, epochs={self.epochs})")
+        _require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "lr", "need lr > 0 and 0 <= min_lr <= lr")
+        _require(0 < self.layer_decay <= 1, "layer_decay", f"must lie in (0, 1], got {self.layer_decay}")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
+        _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must lie in [0, 1), got {self.drop_path_rate}")
+        _require(self.eval_every_epochs >= 0, "eval_every_epochs", "must be >= 0")
+
+
+_NESTED = {"PoolSpec": PoolSpec, "DuplicationSpec": DuplicationSpec, "SafeSpec": SafeSpec, "FinetuneDataSpec": FinetuneDataSpec,
+           "FinetuneModelSpec": FinetuneModelSpec}

@@ -13,6 +13,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("oceansar", "curation")
 MAX_FUNCTION_LINES = 80
+# The TFDS builders and reader: the only data modules that import tensorflow_datasets (when a TFDS source is built).
+TFDS_MODULES = ("oceansar.data.tfds_wv", "oceansar.data.tfds_safe")
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -94,10 +96,10 @@ def test_data_floor_is_numpy_and_grain_only():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.split(".")[0] in ("jax", "jaxlib", "flax", "optax")], \
                 f"{name} imports {names}: oceansar/data must stay numpy-only"
-            if name != "oceansar.data.tfds_wv":
+            if name not in TFDS_MODULES:
                 assert not [n for n in names if n.startswith("tensorflow")], \
                     f"{name} imports {names}: TFDS is imported only when a TFDS source is built"
-    data_modules = [n for n in modules if n.startswith("oceansar.data") and n != "oceansar.data.tfds_wv"]
+    data_modules = [n for n in modules if n.startswith("oceansar.data") and n not in TFDS_MODULES]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in data_modules)
             + "bad = [m for m in ('tensorflow_datasets', 'tensorflow', 'oceansar.apps', 'flax', 'optax') "
               "if m in sys.modules]\nassert not bad, bad\n")

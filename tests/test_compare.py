@@ -145,7 +145,7 @@ def test_data_axis_trains_each_duplicated_pool_from_its_own_warmup(tmp_path):
     for name in ("subset", "uniform"):
         config = json.loads((tmp_path / "seed0" / name / "full" / "config.json").read_text())
         assert config["data"]["duplication"]["scheme"] == name
-        assert (tmp_path / "seed0" / name / "warmup" / "release" / "model.json").is_file()
+        assert (tmp_path / "seed0" / name / "warmup" / "release" / "model.safetensors").is_file()
     # "filtered" = the uniform pool SemDeDup'd back to the base subset's size.
     filtered = np.load(tmp_path / "seed0" / "uniform" / "curate_semdedup@rho=0.25" / "kept_indices.npy")
     assert filtered.size == 16

@@ -53,7 +53,7 @@ def embeddings(release_dir, tmp_path_factory) -> pathlib.Path:
 
 def test_embed_writes_normalised_features_in_source_order(embeddings, release_dir):
     x, ids = curation_io.load_embeddings(embeddings)
-    spec = json.loads((release_dir / "model.json").read_text())
+    spec = json.loads((release_dir / "config.json").read_text())["oceansar"]
     assert x.dtype == np.float16 and x.shape == (POOL, 32)
     np.testing.assert_array_equal(ids, np.arange(POOL))
     np.testing.assert_allclose(np.linalg.norm(x.astype(np.float32), axis=1), 1.0, atol=2e-3)
@@ -181,7 +181,7 @@ def test_bad_inputs_fail_fast_naming_the_field(case, embeddings, tmp_path):
             r"config.semdedup.compute_dtype='bf16'; known: \('float32', 'bfloat16'\)"
     else:
         argv, match = ("--mode=embed", f"--config=configs/embed.py:release={tmp_path / 'nope'}"), \
-            "config.release: .*nope/model.json not found"
+            "config.release: .*nope/config.json or .*model.safetensors not found"
     with pytest.raises(SystemExit) as exit_:  # one line, no traceback: the error is the user's to fix
         _launch(*argv, f"--workdir={out}")
     assert str(exit_.value.code).startswith("error: ") and re.search(match, str(exit_.value.code))

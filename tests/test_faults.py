@@ -108,7 +108,7 @@ def test_summary_records_the_launches_and_skipped_files(finished):
 
 def test_a_finished_run_relaunched_does_nothing(finished, capsys):
     before = {p: p.read_bytes() for p in (finished / "metrics.jsonl", finished / "summary.json",
-                                          finished / "release" / "model.json")}
+                                          finished / "release" / "model.safetensors")}
     _launch(*SMOKE, f"--workdir={finished}")
     assert "is a finished run" in capsys.readouterr().out
     assert all(p.read_bytes() == b for p, b in before.items())

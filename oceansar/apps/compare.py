@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from oceansar import release
 from oceansar.apps.curate import curate
 from oceansar.apps.embed import embed
 from oceansar.apps.pretrain import pretrain
@@ -252,7 +253,7 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
             raw["variants"][variant_name(config, variant)] = {"pool_size": n, "prefix_steps": prefix}
             warm = workdir / f"seed{seed}" / arm(config, variant, "warmup")
             arm_dir = warm.parent
-            if not (warm / "release" / "model.json").is_file():
+            if not release.is_release(warm / "release"):
                 warm_config = base.copy_and_resolve_references()
                 warm_config.pruning.policy = "none"
                 pretrain(warm_config, warm, stop_at_step=prefix)

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from curation import dedup, entropy as entropy_lib, hierarchical, io as curation_io, sampling, scene
-from oceansar import sharding
+from oceansar import release, sharding
 from oceansar.apps import embed as embed_lib
 from oceansar.apps.caption_report import caption_report
 from oceansar.data import sources
@@ -261,10 +261,7 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
     if not release_dir:
         raise ConfigError("config.rs_prune.reference: set embeddings (+ labels), or release (or embed the pool "
                          "with --mode=embed, whose embed.json names the release)")
-    if not (pathlib.Path(release_dir) / "model.json").is_file():
-        raise DataNotFoundError(f"config.rs_prune.reference.release: {pathlib.Path(release_dir) / 'model.json'} "
-                                f"not found: not an oceansar release directory")
-    spec = json.loads((pathlib.Path(release_dir) / "model.json").read_text())
+    spec = release.read_config(release_dir, "config.rs_prune.reference.release")
     width = parse_variant(spec["variant"])["width"]
     if width != pool.x.shape[1]:
         raise DataError(f"dimension mismatch: config.embeddings {pool.path} has d={pool.x.shape[1]} but the "

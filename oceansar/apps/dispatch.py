@@ -28,7 +28,7 @@ from oceansar.train import preemption
 from oceansar.train.preemption import Preempted, Preemption
 
 RUN_MODES = ("pretrain", "evaluate", "export")
-WRITING_MODES = ("pretrain", "export", "embed", "curate", "compare")
+WRITING_MODES = ("pretrain", "export", "embed", "curate", "compare", "finetune")
 
 
 def recipes(directory: str | pathlib.Path = "configs") -> str:

@@ -21,7 +21,7 @@ from absl import logging
 from curation import io as curation_io
 from oceansar import release, sharding
 from oceansar.data import sources
-from oceansar.errors import ConfigError, DataNotFoundError
+from oceansar.errors import ConfigError
 from oceansar.evals import features as features_lib
 from oceansar.spec import DataSpec, build
 
@@ -66,9 +66,7 @@ def embed(config, workdir: str | pathlib.Path) -> pathlib.Path:
         raise ConfigError("config.release: empty; pass the release directory written by --mode=export "
                          "(--config=configs/embed.py:release=PATH)")
     release_dir = pathlib.Path(config.release)
-    if not (release_dir / "model.json").is_file():
-        raise DataNotFoundError(f"config.release: {release_dir / 'model.json'} not found: "
-                                f"not an oceansar release directory")
+    release.read_config(release_dir, "config.release")  # names the field when it is no release
     mesh = sharding.make_mesh(config.num_devices or None)
     if config.batch_size <= 0 or config.batch_size % mesh.size:
         raise ConfigError(f"config.batch_size={config.batch_size} must be a positive multiple of the "

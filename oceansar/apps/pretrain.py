@@ -109,7 +109,8 @@ def pretrain(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
 def _finish(workdir: pathlib.Path, exp: Experiment, trained: loop.Trained, summary: dict[str, Any],
             tokenizer) -> None:
     """Release, figures, then `summary.json` last: its presence marks the run finished."""
-    release.export(workdir / "release", teacher_params=trained.state.teacher, spec=exp.spec, tokenizer=tokenizer)
+    release.export(workdir / "release", teacher_params=trained.state.teacher, spec=exp.spec, tokenizer=tokenizer,
+                   summary=summary)
     records = read_jsonl(workdir / "metrics.jsonl")
     plot_run(records, workdir / "metrics.png")
     if exp.spec.pruning.policy != "none":

@@ -7,8 +7,10 @@ layout and Karpathy-style JSONs: RSICD, RSITMD, Sydney-captions) whose records c
 exact duplicates folded and WFA uniqueness weights; `tokenizer` the byte-level BPE caption tokenizer trained on a
 training split's captions and saved as one JSON; `folder` is the image-folder source (class folders or a labels CSV);
 `wv_files` reads real WV quicklook PNGs and GeoTIFF measurement files as sigma0 in dB; `opensarship` the OpenSARShip
-calibrated ship chips, labelled, on the same sigma0 scale; `pool` makes any labelled source a redundant,
-heavy-tailed pool and `duplication` a base subset with controlled duplication, both keeping their redundancy as
+calibrated ship chips, labelled, on the same sigma0 scale; `safe` reads Sentinel-1 SAFE products (folders or zips),
+one record per measurement file or tile, calibrated and denoised from their LUTs by `s1_calibration` and
+multilooked to a ground pixel spacing, and `tfds_safe` prepares an archive of them as array_record; `pool` makes
+any labelled source a redundant, heavy-tailed pool and `duplication` a base subset with controlled duplication, both keeping their redundancy as
 hidden truth; `tfds_wv` builds a TFDS
 dataset from a local WV archive and reads any prepared TFDS dataset; `decode` holds the per-file decoding and resizing
 the file-based sources share; `cache` is an in-memory copy of a source that fits in memory; `selection` holds the

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class LabelTable:
     """The contents of a labels CSV.
 
-    Two layouts are accepted: `filename,label` (one class name per row; `label` holds class
+    Two layouts are accepted: `filename,label` or `filename,class` (one class name per row; `label` holds class
     indices into the sorted class names) or `filename,<code>,<code>,...` with 0/1 entries
     (multi-hot, as in the WV-Net `sample_data.csv`; `multi_hot` holds them, codes in CSV order).
 
@@ -76,7 +76,7 @@ def read_labels_csv(path: str | os.PathLike) -> LabelTable:
     filenames = [r[0].strip() for r in body]
     if len(set(filenames)) != len(filenames):
         raise DataError(f"{path}: duplicate filenames")
-    if header == ["filename", "label"]:
+    if header in (["filename", "label"], ["filename", "class"]):  # TenGeoP-style lists name the column class
         labels = [r[1].strip() for r in body]
         class_names = _sorted_class_names(set(labels))
         index = {c: i for i, c in enumerate(class_names)}

@@ -22,6 +22,7 @@ from oceansar.data.duplication import DuplicatedPool
 from oceansar.data.folder import ImageFolderSource
 from oceansar.data.opensarship import OpenSARShipSource
 from oceansar.data.pool import RedundantPool
+from oceansar.data.safe import SafeSource
 from oceansar.data.wv_files import WVFileSource
 from oceansar.errors import DataError, DataNotFoundError
 
@@ -43,7 +44,8 @@ def _tfds_source(name: str, *, split: str, data_dir: str, image_size: int):
 
 def _check_paths(data) -> None:
     """A missing root or labels CSV of a file-backed `DataSpec`, named by its config field."""
-    if not pathlib.Path(data.root).is_dir():
+    root = pathlib.Path(data.root)
+    if not (root.is_dir() or (data.source == "safe" and root.is_file())):  # safe: also one zipped product
         raise DataNotFoundError(f"config.data.root: {data.root} is not a directory")
     if data.labels_csv and not pathlib.Path(data.labels_csv).is_file():
         raise DataNotFoundError(f"config.data.labels_csv: {data.labels_csv} does not exist")
@@ -79,7 +81,7 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True, text=None) -
       DataNotFoundError: a folder or WV-file pool's `config.data.root` or `config.data.labels_csv` is missing.
       DataError: files that cannot be read as configured (see each source).
     """
-    if data.source in ("folder", "wv_files"):
+    if data.source in ("folder", "wv_files", "safe"):
         _check_paths(data)
     captioned = text is not None and text.enabled  # which sources may be captioned: RunSpec.check
     if data.source == "captions" and not captioned:
@@ -97,6 +99,12 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True, text=None) -
     elif data.source == "wv_files":
         source = WVFileSource(data.root, image_size=data.image_size, labels_csv=data.labels_csv or None,
                               skip_corrupt=data.skip_corrupt)
+    elif data.source == "safe":
+        s = data.safe
+        source = SafeSource(data.root, image_size=data.image_size, pixel_spacing=s.pixel_spacing,
+                            tile_size=s.tile_size, polarisations=s.polarisations, thermal_noise=s.thermal_noise,
+                            db_range=tuple(s.db_range), labels_csv=data.labels_csv or None,
+                            skip_corrupt=data.skip_corrupt, verify_checksums=s.verify_checksums)
     else:
         source = _tfds_source(data.tfds_name, split=data.tfds_split, data_dir=data.root,
                               image_size=data.image_size)
@@ -126,6 +134,16 @@ def make_captioned_test_source(spec, *, text, tokenizer, image_size: int, seed: 
     return InMemorySource(source) if cache else source
 
 
+def _safe_eval_split(folder: pathlib.Path, image_size: int) -> SafeSource:
+    """A labelled SAFE split: `<root>/<split>/` holds its products and a `labels.csv` (`filename,label` by
+    measurement or product), read at `SafeSource`'s defaults (50 m, whole measurement files, every
+    polarisation, noise removed)."""
+    if not (folder / "labels.csv").is_file():
+        raise DataNotFoundError(f"safe evaluator: {folder / 'labels.csv'} does not exist (each split folder holds "
+                                f"its products and their labels.csv)")
+    return SafeSource(folder, image_size=image_size, labels_csv=folder / "labels.csv")
+
+
 def make_eval_sources(spec, *, image_size: int, in_channels: int, seed: int, cache: bool) -> tuple[Any, Any]:
     """(train, test) labelled sources of an `EvalSpec` at `image_size`, in memory when `cache` is set
     (they are read at every evaluation). The simulator's splits are drawn from `seed + 1000`, disjoint
@@ -140,6 +158,9 @@ def make_eval_sources(spec, *, image_size: int, in_channels: int, seed: int, cac
                        for split in (spec.train_split, spec.test_split))
     elif spec.source == "opensarship":
         splits = tuple(OpenSARShipSource(spec.root, split=split, image_size=image_size)
+                       for split in (spec.train_split, spec.test_split))
+    elif spec.source == "safe":
+        splits = tuple(_safe_eval_split(pathlib.Path(spec.root) / split, image_size)
                        for split in (spec.train_split, spec.test_split))
     else:
         splits = tuple(_tfds_source(spec.tfds_name, split=split, data_dir=spec.root, image_size=image_size)

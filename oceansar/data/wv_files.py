@@ -93,9 +93,11 @@ def read_wv(path: str | os.PathLike, image_size: int, *, calibration_db: float =
     return normalised_db(_intensity(decode_image(path), path, calibration_db, float_units), image_size, path)
 
 
-def normalised_db(intensity: np.ndarray, image_size: int, path: str | os.PathLike) -> np.ndarray:
+def normalised_db(intensity: np.ndarray, image_size: int, path: str | os.PathLike, *,
+                  db_range: tuple[float, float] = DB_RANGE) -> np.ndarray:
     """Linear sigma0 [H, W, 1] -> float32 [image_size, image_size, 1] in [0, 1]: resized (center crop, antialiased
-    resize of the intensity), in dB, `DB_RANGE` mapped onto [0, 1] (values outside clip).
+    resize of the intensity), in dB, `db_range` (the simulator's `DB_RANGE` unless given) mapped onto [0, 1]
+    (values outside clip).
 
     Raises:
       CorruptImageError: negative intensity; the message names `path`.
@@ -104,7 +106,7 @@ def normalised_db(intensity: np.ndarray, image_size: int, path: str | os.PathLik
         raise CorruptImageError(path, "negative linear sigma0")
     intensity = resize_square(intensity, image_size)
     db = 10.0 * np.log10(np.maximum(intensity, _MIN_INTENSITY))
-    lo, hi = DB_RANGE
+    lo, hi = db_range
     return np.clip((db - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 

@@ -2,7 +2,8 @@
 
 The ViT here is the DINO one: patch embedding, a learned CLS token, learned position embeddings resized on the fly
 to the input's patch grid (so one model sees 224 px global and 96 px local crops), pre-norm blocks with stochastic
-depth, and a final LayerNorm. An optional boolean patch mask swaps patch embeddings for a learned mask token (iBOT).
+depth, optional LayerScale (DINOv2; arXiv 2103.17239), and a final LayerNorm. An optional boolean patch mask swaps
+patch embeddings for a learned mask token (iBOT).
 Heads, losses and augmentation live elsewhere; this module knows nothing about crops or objectives.
 """
 from __future__ import annotations
@@ -86,26 +87,38 @@ class Attention(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block: x + DropPath(ls1 * Attn(LN(x))), then x + DropPath(ls2 * MLP(LN(x))).
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, drop_path_rate: float, *, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    The LayerScale vectors `ls1`, `ls2` ([D], DINOv2's and timm's `LayerScale`) exist only when `layer_scale > 0`;
+    without them the block's parameters are exactly those of a DINO block.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, drop_path_rate: float, *, layer_scale: float = 0.0,
+                 dtype, param_dtype, rngs: nnx.Rngs):
         self.drop_path_rate = float(drop_path_rate)
         self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attn = Attention(dim, heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc1 = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
         self.fc2 = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
+        # None rather than a unit vector when off, so param trees (and checkpoints) of LayerScale-free models
+        # keep their structure.
+        self.ls1 = nnx.Param(jnp.full((dim,), layer_scale, param_dtype)) if layer_scale > 0 else None
+        self.ls2 = nnx.Param(jnp.full((dim,), layer_scale, param_dtype)) if layer_scale > 0 else None
 
     def __call__(self, x: jax.Array, drop_keys: tuple[jax.Array, jax.Array] | None,
                  mask: jax.Array | None = None) -> jax.Array:
         """One block on x [B, T, D]; `drop_keys` (two keys) enables stochastic depth, `mask` goes to `Attention`."""
         y = self.attn(self.norm1(x), mask)
+        if self.ls1 is not None:
+            y = y * self.ls1[...].astype(y.dtype)
         if drop_keys is not None:
             y = drop_path(y, self.drop_path_rate, drop_keys[0])
         x = x + y
         # Exact (erf) GELU, as torch.nn.GELU in the reference implementation.
         y = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+        if self.ls2 is not None:
+            y = y * self.ls2[...].astype(y.dtype)
         if drop_keys is not None:
             y = drop_path(y, self.drop_path_rate, drop_keys[1])
         return x + y
@@ -117,11 +130,11 @@ class ViT(nnx.Module):
     Attributes:
         patch_embed: `nnx.Conv` with kernel = stride = patch size.
         cls_token: [1, 1, D]; pos_embed: [1, 1 + (img_size // patch)**2, D]; mask_token: [1, D] (iBOT, zeros).
-        blocks: `nnx.List` of `Block`; norm: final LayerNorm.
+        blocks: `nnx.List` of `Block` (with `ls1`, `ls2` [D] when `layer_scale > 0`); norm: final LayerNorm.
     """
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int = 1, drop_path_rate: float = 0.0,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 layer_scale: float = 0.0, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         """Builds the backbone.
 
         Args:
@@ -129,6 +142,8 @@ class ViT(nnx.Module):
             img_size: the training resolution that sets the position-embedding grid (img_size // patch per side).
             in_channels: input bands (1 for VV SAR).
             drop_path_rate: stochastic-depth rate of the last block; block i uses rate * i / (depth - 1).
+            layer_scale: 0 for none (DINO); > 0 adds LayerScale (arXiv 2103.17239) initialised to this value to
+                both branches of every block, as DINOv2 (1e-5).
             dtype: compute dtype (bfloat16 on GPU/TPU); outputs are returned in float32.
             param_dtype: parameter dtype.
             rngs: initialisation randomness.
@@ -139,6 +154,8 @@ class ViT(nnx.Module):
                              f"of variant {variant!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"model.drop_path_rate: must lie in [0, 1), got {drop_path_rate}")
+        if not layer_scale >= 0.0:
+            raise ValueError(f"model.layer_scale: must be >= 0 (0 = no LayerScale), got {layer_scale}")
         self.variant = variant
         self.patch = cfg["patch"]
         self.grid = img_size // cfg["patch"]
@@ -151,7 +168,8 @@ class ViT(nnx.Module):
         self.mask_token = nnx.Param(jnp.zeros((1, cfg["width"]), param_dtype))
         rates = np.linspace(0.0, drop_path_rate, cfg["depth"]).tolist()
         self.blocks = nnx.List([
-            Block(cfg["width"], cfg["heads"], cfg["mlp_dim"], rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            Block(cfg["width"], cfg["heads"], cfg["mlp_dim"], rate, layer_scale=layer_scale, dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs)
             for rate in rates
         ])
         self.norm = nnx.LayerNorm(cfg["width"], epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -150,7 +150,7 @@ def _start(exp: Experiment, source, pruner: Pruner, feed: _Feed, ckpt: Checkpoin
             raise DataNotFoundError(f"config.resume: no checkpoint under {exp.spec.resume}")
     if restore_from is None:
         writer.truncate_after(0)
-        state = exp.init_state()
+        state = interruptibly(exp.init_state, name="init-state")  # a compilation: a signal must not wait for it
         run = _next_epoch(exp, source, pruner, state, None, 0)
         return state, run, feed.open(run)
     step = restore_from.latest_step()
