@@ -1,4 +1,4 @@
-r"""oceansar command line: pretrain, evaluate, export, embed, curate or compare from an ml_collections recipe.
+r"""oceansar command line: pretrain, evaluate, export, embed, curate, compare or finetune from an ml_collections recipe.
 
     python launch.py                                        # configs/default.py, runs/default
     python launch.py --config=configs/oceansar1.py:variant=S/8 --workdir=runs/s8
@@ -9,6 +9,7 @@ r"""oceansar command line: pretrain, evaluate, export, embed, curate or compare 
     python launch.py --mode=embed --config=configs/embed.py:release=runs/default/release
     python launch.py --mode=curate --config=configs/curate_hkmeans.py:embeddings=runs/embed
     python launch.py --mode=compare --config=configs/compare.py --workdir=runs/compare
+    python launch.py --mode=finetune --config=configs/finetune.py   # runs/default/release + a head, runs/finetune
 
 A workdir is one run. Rerunning a command resumes from the workdir's latest checkpoint; without
 --config, pretrain, evaluate and export use the config the run was started with; a different run
@@ -34,7 +35,7 @@ from ml_collections import config_flags  # noqa: E402
 from oceansar.apps import dispatch  # noqa: E402
 from oceansar.errors import UserError  # noqa: E402
 
-_MODES = ["pretrain", "evaluate", "export", "embed", "curate", "compare", "show_config"]
+_MODES = ["pretrain", "evaluate", "export", "embed", "curate", "compare", "finetune", "show_config"]
 try:
     _CONFIG = config_flags.DEFINE_config_file(
         "config", "configs/default.py",

@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         drop_path_rate=0.1 if arg.mode == "full" else 0.0,
         flips=True,                    # scenes have no preferred up or left
         eval_every_epochs=10,          # test-split metrics during training (0: only at the end)
+        log_every_steps=10,            # train/loss and train/lr to metrics.jsonl and TensorBoard
         n_bootstrap=1000,              # resamples of the test set for the std of each metric
     )
     f = c.finetune

@@ -10,6 +10,7 @@ A release directory is a Hugging Face-style model folder:
   std) plus an `oceansar` block: the variant string, the input scale (uint8 pixels / 255, then standardised; for
   SAR sources the sigma0 dB range mapped onto [0, 1]), the recipe, and for an image-text run its text tower.
 - `README.md`: a model card (recipe, data, curation policy, examples seen, the evaluation table, the command).
+- An iBOT run adds `oceansar_extra.safetensors` (its mask token, which has no timm name).
 - An image-text run adds `image_text.safetensors` (every parameter of the two-tower model under its own dotted
   names) and `tokenizer.json` (the caption tokenizer).
 
@@ -41,6 +42,9 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 IMAGE_TEXT_FILE = "image_text.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+# What an oceansar model holds beyond timm's names (the iBOT mask token): beside the weights, so that timm's
+# strict `load_state_dict` still takes `model.safetensors` and `config.init_from` continues iBOT with it.
+EXTRA_FILE = "oceansar_extra.safetensors"
 INPUT_SCALE = "uint8 pixels / 255, then (x - input_mean) / input_std"
 
 # Sources whose uint8 pixels are sigma0 in dB over `DB_RANGE` (the others are plain image pixels).
@@ -178,6 +182,8 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec
     config = _hub_config(_ours(spec))
     meta = {"oceansar_variant": spec.model.variant, "oceansar_recipe": spec.name}
     timm_layout.write_safetensors(path / WEIGHTS_FILE, timm_layout.to_timm(backbone), meta)
+    if spec.ibot.enabled:
+        timm_layout.write_safetensors(path / EXTRA_FILE, {"mask_token": backbone["mask_token"]}, meta)
     if spec.text.enabled:
         if tokenizer is None:
             raise ValueError("release.export: an image-text release needs its caption tokenizer")
@@ -294,6 +300,8 @@ def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = 
     file = _weights_file(pathlib.Path(path).absolute(), field)
     try:
         state = timm_layout.read_safetensors(file)
+        if (file.parent / EXTRA_FILE).is_file() and file.name == WEIGHTS_FILE:
+            state |= timm_layout.read_safetensors(file.parent / EXTRA_FILE)
         return timm_layout.from_timm(state, jax.tree.map(np.asarray, like), source=str(file))
     except ValueError as e:
         raise DataError(f"{field}: {e}") from None

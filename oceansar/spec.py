@@ -496,7 +496,8 @@ class RunSpec:
     def from_config(cls, config, *, num_devices: int | None = None, process_count: int = 1) -> "RunSpec":
         """Builds and validates the spec of a recipe; with `num_devices`, also against the devices."""
         blocks = {"data": DataSpec, "model": ModelSpec, "crops": MultiCropSpec, "dino": DinoSpec,
-                  "ibot": IbotSpec, "text": TextSpec, "optim": OptimSpec, "schedules": ScheduleSpec, "pruning": PruningSpec}
+                  "ibot": IbotSpec, "text": TextSpec, "optim": OptimSpec, "schedules": ScheduleSpec,
+                  "pruning": PruningSpec}
         top = {k: config[k] for k in config.keys() if k not in APP_BLOCKS}
         values = {k: build(spec_cls, top.pop(k, {}), k) if k in top else None
                   for k, spec_cls in blocks.items()}
@@ -581,7 +582,6 @@ def _top_fields() -> list[tuple[str, Any]]:
 # The top-level scalar fields as a dataclass of their own, so `build` names the unknown and missing ones.
 _Top = dataclasses.make_dataclass("_Top", _top_fields(), frozen=True)
 
-# Blocks inside blocks, by the annotation that names them.
 @dataclasses.dataclass(frozen=True)
 class FinetuneDataSpec:
     """The labelled dataset a network is fine-tuned on (`config.finetune.data`): the evaluators' sources."""
@@ -614,6 +614,18 @@ class FinetuneModelSpec:
     mean: float                # input standardisation of uint8 / 255 pixels
     std: float
 
+    def __post_init__(self):
+        if self.variant:
+            try:
+                patch = parse_variant(self.variant)["patch"]
+            except ValueError as e:  # its message starts "model.variant: ..."
+                raise ValueError(str(e).removeprefix("model.")) from None
+            _require(self.img_size > 0 and self.img_size % patch == 0, "img_size",
+                     f"must be a positive multiple of the patch size {patch}, got {self.img_size}")
+        _require(self.in_channels > 0, "in_channels", f"must be positive, got {self.in_channels}")
+        _require(self.layer_scale >= 0, "layer_scale", f"must be >= 0, got {self.layer_scale}")
+        _require(self.std > 0, "std", f"must be positive, got {self.std}")
+
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneSpec:
@@ -635,6 +647,7 @@ class FinetuneSpec:
     drop_path_rate: float
     flips: bool                # random horizontal / vertical flips (SAR and EO scenes have no up)
     eval_every_epochs: int     # 0: only at the end
+    log_every_steps: int
     n_bootstrap: int
 
     def __post_init__(self):
@@ -649,7 +662,12 @@ class FinetuneSpec:
         _require(0 <= self.label_smoothing < 1, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing}")
         _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must lie in [0, 1), got {self.drop_path_rate}")
         _require(self.eval_every_epochs >= 0, "eval_every_epochs", "must be >= 0")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("log_every_steps", "n_bootstrap"):
+            _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
 
 
-_NESTED = {"PoolSpec": PoolSpec, "DuplicationSpec": DuplicationSpec, "SafeSpec": SafeSpec, "FinetuneDataSpec": FinetuneDataSpec,
+# Blocks inside blocks, by the annotation that names them.
+_NESTED = {"PoolSpec": PoolSpec, "DuplicationSpec": DuplicationSpec, "SafeSpec": SafeSpec,
+           "FinetuneDataSpec": FinetuneDataSpec,
            "FinetuneModelSpec": FinetuneModelSpec}

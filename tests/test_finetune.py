@@ -41,8 +41,8 @@ def test_classification_end_to_end_and_resume_is_exact(released, tmp_path):
     assert summary["loaded"]["created"] == ["mask_token"] and not summary["loaded"]["adapted"]
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval/test/top1" in r] == [4, 6]           # every 2 epochs and the end
-    # Stopped after epoch 1, then the same call again: the same network, bit for bit.
-    assert finetune(c, tmp_path / "resumed", stop_at_step=2) == {"steps": 2}
+    # Stopped inside an epoch, then the same call again: the same network, bit for bit.
+    assert finetune(c, tmp_path / "resumed", stop_at_step=3) == {"steps": 3}                # mid-epoch 2
     again = finetune(c, tmp_path / "resumed")
     assert again["final"] == summary["final"]
     for name, value in _weights(tmp_path / "straight").items():
@@ -70,9 +70,28 @@ def test_regression_head_is_exported_in_physical_units(released, tmp_path):
     assert {"test/wind_speed/rmse", "test/hs/rmse"} <= set(summary["final"])
     config = json.loads((tmp_path / "release" / "config.json").read_text())
     assert config["label_names"] == ["wind_speed", "hs"] and config["oceansar"]["task"] == "regression"
-    # The exported head predicts in m/s and m: its bias sits near the training targets' mean, not near 0.
-    bias = _weights(tmp_path)["head.bias"]
-    assert 2 < bias[0] < 25 and 0.2 < bias[1] < 10
+    # The exported head predicts in m/s and m: the training network's standardised outputs, un-standardised.
+    from oceansar.apps import finetune as app
+    from oceansar.models.classifier import Classifier
+    from oceansar.train.finetune_step import make_predict
+
+    spec = app.finetune_spec(c)
+    data = app._load_data(c, spec, release.read_config(released))
+    exported = Classifier("mu/8", img_size=24, in_channels=1, outputs=2, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(exported, nnx.Param)
+    weights = _weights(tmp_path)
+    pure = nnx.to_pure_dict(params)
+    pure["backbone"], _ = timm_layout.from_timm(weights, jax.tree.map(np.asarray, pure["backbone"]))
+    pure["head"] = {"kernel": weights["head.weight"].T, "bias": weights["head.bias"]}
+    nnx.replace_by_pure_dict(params, pure)
+    physical = make_predict(graphdef, mean=0.5, std=0.25, img_size=24)(params, data.test["image"][:6])
+    trained = nnx.split(exported, nnx.Param)[1]
+    pure["head"] = {"kernel": (weights["head.weight"].T - 0) / data.target_std,
+                    "bias": (weights["head.bias"] - data.target_mean) / data.target_std}
+    nnx.replace_by_pure_dict(trained, pure)
+    standardised = make_predict(graphdef, mean=0.5, std=0.25, img_size=24)(trained, data.test["image"][:6])
+    np.testing.assert_allclose(physical, standardised * data.target_std + data.target_mean, rtol=1e-4, atol=1e-4)
+    assert 2 < float(np.mean(physical[:, 0])) < 25 and 0.2 < float(np.mean(physical[:, 1])) < 10
 
 
 def test_timm_loads_the_fine_tuned_network(released, tmp_path):
@@ -106,6 +125,12 @@ def test_layer_wise_decay_scales():
     assert scales["backbone"]["blocks"][0]["fc1"]["kernel"] == 0.25
     assert scales["backbone"]["blocks"][1]["attn"]["qkv"]["bias"] == 0.5
     assert scales["backbone"]["norm"]["scale"] == scales["head"]["kernel"] == 1.0
+    # Weight decay reaches every kernel and nothing else.
+    from oceansar.train.finetune_step import _decayed
+
+    decayed = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(_decayed(params)))[0]
+    kernels = [jax.tree_util.keystr(k) for k, v in decayed if v]
+    assert len(kernels) == 2 * 4 + 2 and all("kernel" in k for k in kernels)   # 4 per block, patch embed, head
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -120,12 +145,25 @@ def test_config_errors_name_the_field(released, tmp_path, field, value, match):
         finetune(c, tmp_path)
 
 
-def test_a_foreign_file_needs_its_variant_and_a_regression_its_targets(tmp_path):
+def test_a_foreign_file_needs_its_variant_and_a_regression_its_targets(released, tmp_path):
     c = finetune_config.get_config("smoke")
     c.init_from = str(tmp_path / "dinov2.safetensors")
+    with pytest.raises(FileNotFoundError, match="config.init_from: .*dinov2.safetensors does not exist"):
+        finetune(c, tmp_path / "a")
+    timm_layout.write_safetensors(c.init_from, timm_layout.read_safetensors(released / "model.safetensors"))
     with pytest.raises(ConfigError, match="config.finetune.model.variant: empty"):
+        finetune(c, tmp_path / "a")
+    c.finetune.model.update(variant="mu/8", img_size=20)
+    with pytest.raises(ConfigError, match="config.finetune.model.img_size: must be a positive multiple of the patch"):
         finetune(c, tmp_path / "a")
     c = finetune_config.get_config("smoke,task=wv_regression")
     c.finetune.targets = ()
     with pytest.raises(ConfigError, match="config.finetune.targets"):
         finetune(c, tmp_path / "b")
+
+
+def test_the_command_line_offers_every_mode():
+    import launch
+    from oceansar.apps import MODES
+
+    assert sorted(launch._MODES) == sorted([*MODES, "show_config"])

@@ -385,6 +385,77 @@ def test_tfds_builder_round_trip(s1_safe, tmp_path):
     assert meta["swaths"] == list(safe.SWATHS) and meta["polarisations"] == list(safe.POLARISATIONS)
 
 
+def test_tfds_builder_labels_split_folders_from_one_csv(s1_safe, tmp_path, caplog):
+    from oceansar.data.tfds_safe import SafeArchive
+    from oceansar.data.tfds_wv import TFDSSource
+
+    archive = tmp_path / "archive"
+    _copy(s1_safe / IW, archive / "train", [IW1_VV])
+    _copy(s1_safe / IW, archive / "test", [IW1_VH, IW2_VH])
+    rows = {IW1_VV: "ocean", IW1_VH: "ice", IW2_VH: "ocean"}  # one CSV over both splits
+    csv = tmp_path / "labels.csv"
+    csv.write_text("filename,class\n" + "".join(f"{stem}.tiff,{c}\n" for stem, c in rows.items()))
+    with pytest.raises(DataNotFoundError, match="labels.csv: 2 row"):  # a lone SafeSource still wants every row
+        safe.SafeSource(archive / "train", image_size=8, labels_csv=csv)
+    data_dir = tmp_path / "tfds"
+    builder = SafeArchive(archive_dir=archive, data_dir=data_dir, image_size=8, labels_csv=csv)
+    assert builder.skipped_files == []
+    builder.download_and_prepare()
+    for split, stems in (("train", [IW1_VV]), ("test", [IW1_VH, IW2_VH])):
+        src = TFDSSource("safe_archive", split=split, data_dir=data_dir)
+        direct = safe.SafeSource(archive / split, image_size=8, labels_csv=csv, labels_elsewhere=True)
+        assert direct.unmatched_rows == [f"{stem}.tiff" for stem in rows if stem not in stems]
+        assert len(src) == len(stems) and src.class_names == direct.class_names == ["ice", "ocean"]
+        assert sorted(src.text(i) for i in range(len(src))) == [f"{stem}.tiff" for stem in stems]
+        for i in range(len(src)):
+            r = src[i]
+            stem = src.text(i).removesuffix(".tiff")
+            assert r["label"] == ["ice", "ocean"].index(rows[stem]), (split, stem)
+            # The whole-file window the record was read from: the raster cut to whole cells of its own looks.
+            looks = safe.load_metadata(_measurement(archive / split / IW, stem))[0].looks(50.0)
+            assert tuple(r["window"]) == safe.full_window(SHAPE, looks)
+            np.testing.assert_array_equal(r["image"], direct[int(r["archive_index"])]["image"])
+
+    # A row matching no product of any split: an error, or with skip_corrupt counted and logged once.
+    csv.write_text(csv.read_text() + "S1A_IW_SLC__nowhere.SAFE,ice\n")
+    with pytest.raises(DataNotFoundError, match="labels.csv: 1 row.*S1A_IW_SLC__nowhere"):
+        SafeArchive(archive_dir=archive, data_dir=data_dir, image_size=8, labels_csv=csv)
+    with caplog.at_level("WARNING", logger="oceansar.data.tfds_safe"):
+        skipping = SafeArchive(archive_dir=archive, data_dir=tmp_path / "tfds2", image_size=8, labels_csv=csv,
+                               skip_corrupt=True)
+    assert skipping.skipped_files == [f"{csv}: no measurement for S1A_IW_SLC__nowhere.SAFE"]
+    assert [r.name for r in caplog.records] == ["oceansar.data.tfds_safe"]
+
+
+def test_explicit_class_names_give_splits_one_index(s1_safe, tmp_path):
+    for split, label in (("train", "ocean"), ("test", "ice")):
+        _copy(s1_safe / IW, tmp_path / split, [IW1_VV])
+        (tmp_path / split / "labels.csv").write_text(f"filename,label\n{IW1_VV}.tiff,{label}\n")
+
+    def source(split, **kwargs):
+        return safe.SafeSource(tmp_path / split, image_size=8, labels_csv=tmp_path / split / "labels.csv", **kwargs)
+
+    own = [source(split) for split in ("train", "test")]
+    assert [s.class_names for s in own] == [["ocean"], ["ice"]]  # the default: each CSV's classes, sorted
+    assert own[0].labels().tolist() == own[1].labels().tolist() == [0]  # index 0 names two classes
+    train, test = (source(split, class_names=("ice", "ocean", "wind")) for split in ("train", "test"))
+    assert train.class_names == test.class_names == ["ice", "ocean", "wind"]
+    assert train.labels().tolist() == [1] and test.labels().tolist() == [0]
+    assert train[0]["label"] == 1 and train[0]["label"].dtype == np.int32
+    with pytest.raises(DataError, match=r"train/labels.csv: label 'ocean' is not one of the class_names"):
+        source("train", class_names=["ice", "wind"])
+    with pytest.raises(ValueError, match="class_names"):
+        source("train", class_names=["ice", "ice"])
+    with pytest.raises(ValueError, match="class_names"):
+        safe.SafeSource(tmp_path / "train", image_size=8, class_names=["ice"])
+    codes = tmp_path / "codes.csv"  # multi-hot code columns are mapped by name too
+    codes.write_text(f"filename,b,a\n{IW1_VV}.tiff,1,0\n")
+    multi = safe.SafeSource(tmp_path / "train", image_size=8, labels_csv=codes, class_names=["a", "b", "c"])
+    assert multi.labels() is None and multi[0]["labels"].tolist() == [0, 1, 0]
+    with pytest.raises(DataError, match="codes.csv: label 'b'"):
+        safe.SafeSource(tmp_path / "train", image_size=8, labels_csv=codes, class_names=["a", "c"])
+
+
 def test_safe_source_is_built_from_the_config(iw_copy):
     from configs import default
     from oceansar.data import sources
@@ -408,13 +479,17 @@ def test_safe_evaluator_reads_labelled_split_folders(s1_safe, tmp_path):
 
     from oceansar.data import sources
 
-    for split, label in (("train", "ocean"), ("test", "ice")):
-        _copy(s1_safe / IW, tmp_path / split, [IW1_VV])
-        (tmp_path / split / "labels.csv").write_text(f"filename,label\n{IW.removesuffix('.SAFE')}.SAFE,{label}\n")
+    # Both splits hold both classes: the product's row labels one measurement, the other's own row wins.
+    for split, label, other in (("train", "ocean", "ice"), ("test", "ice", "ocean")):
+        _copy(s1_safe / IW, tmp_path / split, [IW1_VV, IW1_VH])
+        (tmp_path / split / "labels.csv").write_text(
+            f"filename,label\n{IW.removesuffix('.SAFE')}.SAFE,{label}\n{IW1_VH}.tiff,{other}\n")
     spec = SimpleNamespace(source="safe", root=str(tmp_path), train_split="train", test_split="test")
     train, test = sources.make_eval_sources(spec, image_size=8, in_channels=1, seed=0, cache=False)
-    assert len(train) == len(test) == 1
-    assert train.class_names == ["ocean"] and train[0]["label"] == 0 and train[0]["image"].shape == (8, 8, 1)
+    assert len(train) == len(test) == 2
+    assert train.class_names == test.class_names == ["ice", "ocean"]
+    vv = [m.polarisation for m in train.measurements].index("vv")
+    assert train[vv]["label"] == 1 and test.labels()[vv] == 0 and train[vv]["image"].shape == (8, 8, 1)
     (tmp_path / "test" / "labels.csv").unlink()
     with pytest.raises(DataNotFoundError, match="test/labels.csv"):
         sources.make_eval_sources(spec, image_size=8, in_channels=1, seed=0, cache=False)

@@ -29,19 +29,19 @@ from tqdm import tqdm
 
 from oceansar import release, sharding
 from oceansar import workdir as workdir_lib
-from oceansar.checkpoint import Checkpointer
+from oceansar.checkpoint import Checkpointer, abstract_like
 from oceansar.data import sources
 from oceansar.data.synthetic import DB_RANGE
-from oceansar.errors import ConfigError
-from oceansar.evals.knn import bootstrap_classification, resample_statistics
+from oceansar.errors import ConfigError, DataNotFoundError
+from oceansar.evals.knn import bootstrap_classification
+from oceansar.evals.probes import regression_scores
 from oceansar.metrics import MetricWriter
 from oceansar.models.classifier import Classifier
 from oceansar.models.vit import parse_variant
 from oceansar.spec import FinetuneSpec, build
 from oceansar.train import finetune_step
+from oceansar.train.loop import NonFiniteLossError
 from oceansar.train.preemption import Preempted, Preemption
-
-LOG_EVERY_STEPS = 10
 
 
 def finetune_spec(config) -> FinetuneSpec:
@@ -53,6 +53,9 @@ def finetune_spec(config) -> FinetuneSpec:
 
 def _backbone(config, spec: FinetuneSpec) -> dict[str, Any]:
     """Variant, resolution, channels, LayerScale and input scale: the release's own, else `finetune.model`'s."""
+    if config.init_from and not pathlib.Path(config.init_from).exists():
+        raise DataNotFoundError(f"config.init_from: {config.init_from} does not exist (a release written by "
+                                "--mode=export or pretraining, or a timm / DINOv2 / transformers .safetensors)")
     if config.init_from and release.is_release(config.init_from):
         return release.read_config(config.init_from, "config.init_from")
     m = spec.model
@@ -82,8 +85,8 @@ def _arrays(source, spec: FinetuneSpec) -> dict[str, np.ndarray]:
 
 def _evaluate(predict, params, *, data: dict[str, np.ndarray], spec: FinetuneSpec, mesh, num_classes: int,
               target_mean: np.ndarray, target_std: np.ndarray, seed: int) -> dict[str, float]:
-    """Test metrics of the network (bootstrap std over the test set): top-1 and balanced accuracy, or RMSE per
-    target in physical units."""
+    """Test metrics of the network (bootstrap std over the test set): top-1 and balanced accuracy, or RMSE (and
+    R^2) per target in physical units, as the regression probe reports them."""
     n, block = len(data["image"]), 8 * mesh.size
     outputs = []
     for start in range(0, n, block):
@@ -102,10 +105,8 @@ def _evaluate(predict, params, *, data: dict[str, np.ndarray], spec: FinetuneSpe
     predicted = outputs * target_std + target_mean
     results = {}
     for i, name in enumerate(spec.targets):
-        err = jnp.asarray(np.square(predicted[:, i] - data["targets"][:, i]))
-        mean, std = resample_statistics(lambda idx, e=err: jnp.sqrt(jnp.mean(e[idx])), n,
-                                        n_bootstrap=spec.n_bootstrap, seed=seed)
-        results[f"test/{name}/rmse"], results[f"test/{name}/rmse_std"] = float(mean), float(std)
+        rmse, std, r2 = regression_scores(predicted[:, i], data["targets"][:, i], seed, n_bootstrap=spec.n_bootstrap)
+        results |= {f"test/{name}/rmse": float(rmse), f"test/{name}/rmse_std": float(std), f"test/{name}/r2": float(r2)}
     return results
 
 
@@ -126,7 +127,10 @@ def _load_data(config, spec: FinetuneSpec, backbone: dict[str, Any]) -> _Data:
     train_src, test_src = sources.make_eval_sources(spec.data, image_size=spec.data.image_size,
                                                     in_channels=backbone["in_channels"], seed=config.seed, cache=True)
     train, test = _arrays(train_src, spec), _arrays(test_src, spec)
-    class_names = list(getattr(train_src, "class_names", []))
+    class_names = list(getattr(train_src, "class_names", None) or [])
+    if spec.task == "classification" and (not class_names or "label" not in train):
+        raise ConfigError(f"config.finetune.data.source: {spec.data.source} records carry no single-label class "
+                          "(config.finetune.task=classification needs one; regression takes record fields)")
     if spec.task == "classification":
         outputs, target_mean, target_std = len(class_names), np.zeros(0, np.float32), np.ones(0, np.float32)
     else:
@@ -144,7 +148,6 @@ def _load_data(config, spec: FinetuneSpec, backbone: dict[str, Any]) -> _Data:
 class _Network:
     """The Classifier's initial state (backbone loaded), its jitted step and prediction, and the load report."""
 
-    graphdef: nnx.GraphDef
     state: finetune_step.FinetuneState
     step_fn: Any
     predict: Any
@@ -169,7 +172,7 @@ def _build(config, spec: FinetuneSpec, backbone: dict[str, Any], data: _Data, me
                                         rng=jax.random.PRNGKey(config.seed + 1))
     view = dict(mean=backbone["input_mean"], std=backbone["input_std"], img_size=backbone["img_size"])
     step_fn = jax.jit(finetune_step.make_train_step(graphdef, tx, schedule, spec, **view), donate_argnums=0)
-    return _Network(graphdef, sharding.replicate(mesh, state), step_fn,
+    return _Network(sharding.replicate(mesh, state), step_fn,
                     finetune_step.make_predict(graphdef, **view), report)
 
 
@@ -181,8 +184,7 @@ def _train(config, spec: FinetuneSpec, data: _Data, net: _Network, workdir: path
     total_steps, per_epoch, state, final = spec.epochs * data.steps_per_epoch, data.steps_per_epoch, net.state, {}
     start = ckpt.latest_step() or 0
     if start:
-        state = ckpt.restore_state(start, abstract_state=jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+        state = ckpt.restore_state(start, abstract_state=abstract_like(state))
         print(f"resuming {workdir} from step {start} of {total_steps}")
     writer.truncate_after(start)
     try:
@@ -196,9 +198,15 @@ def _train(config, spec: FinetuneSpec, data: _Data, net: _Network, workdir: path
                 with preemption.deferred():
                     state, metrics = net.step_fn(state, batch)
                 done = step + 1
-                if done % LOG_EVERY_STEPS == 0 or done == total_steps:
-                    writer.write(done, jax.device_get(metrics) | {"epoch": done / per_epoch})
-                if done % per_epoch == 0 or preemption.requested or done == stop_at_step:
+                saving = done % per_epoch == 0 or preemption.requested or done == stop_at_step
+                if saving or done % spec.log_every_steps == 0 or done == total_steps:
+                    metrics = jax.device_get(metrics)
+                    if not np.isfinite(metrics["train/loss"]):  # checked before a save: the last good one is kept
+                        raise NonFiniteLossError(
+                            f"the fine-tuning loss is {metrics['train/loss']} at step {done}; checkpoint step "
+                            f"{ckpt.latest_step()} is the last good one (lower config.finetune.lr)")
+                    writer.write(done, metrics | {"epoch": done / per_epoch})
+                if saving:
                     ckpt.save(done, state=state, data_iterator=None, run={"epoch": np.int32(done // per_epoch)})
                     if done == total_steps or (spec.eval_every_epochs and done % per_epoch == 0
                                                and (done // per_epoch) % spec.eval_every_epochs == 0):
@@ -234,6 +242,8 @@ def finetune(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
         print(f"{workdir} is a finished fine-tuning run; its results are in {workdir / workdir_lib.SUMMARY_FILE}")
         return done
     backbone = _backbone(config, spec)
+    if jax.process_count() > 1:  # every process would feed the whole batch: slicing it per process is not built
+        raise ConfigError("config.finetune: --mode=finetune runs in one process (its labelled sets are small)")
     mesh = sharding.make_mesh(config.num_devices or None)
     if spec.batch_size % mesh.size:
         raise ConfigError(f"config.finetune.batch_size: {spec.batch_size} is not a multiple of the {mesh.size} "

@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 
 from oceansar.data.decode import CorruptImageError
-from oceansar.data.folder import read_labels_csv
+from oceansar.data.folder import LabelTable, read_labels_csv
 from oceansar.data.s1_calibration import Calibration, intensity, interp_weights, multilook
 from oceansar.data.synthetic import DB_RANGE
 from oceansar.data.wv_files import normalised_db
@@ -200,11 +200,6 @@ def product_paths(root: str | os.PathLike) -> list[pathlib.Path]:
     if not found:
         raise DataNotFoundError(f"no SAFE products (*.SAFE/manifest.safe or *.zip) under {root}")
     return found
-
-
-def list_products(root: str | os.PathLike) -> list[Product]:
-    """`Product.open` of each of `product_paths(root)` (errors as both)."""
-    return [Product.open(p) for p in product_paths(root)]
 
 
 def _local(tag: str) -> str:
@@ -610,6 +605,24 @@ def _label_key(name: str) -> str:
     return key
 
 
+def _on_classes(table: LabelTable, class_names: list[str], where: str | os.PathLike) -> LabelTable:
+    """`table` with its labels (or multi-hot code columns) mapped by name onto `class_names`.
+
+    Raises:
+      DataError: a label (or code column) of the CSV not in `class_names`, naming the CSV and the label.
+    """
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = [c for c in table.class_names if c not in index]
+    if unknown:
+        raise DataError(f"{where}: label {unknown[0]!r} is not one of the class_names {class_names}")
+    columns = np.array([index[c] for c in table.class_names], np.int64)
+    if table.label is not None:
+        return LabelTable(table.filenames, list(class_names), columns[table.label].astype(np.int32), None)
+    multi_hot = np.zeros((len(table.filenames), len(class_names)), np.int32)
+    multi_hot[:, columns] = table.multi_hot
+    return LabelTable(table.filenames, list(class_names), None, multi_hot)
+
+
 class SafeSource:
     """Random-access source over Sentinel-1 SAFE products, on the simulator's uint8 sigma0-dB scale.
 
@@ -623,7 +636,9 @@ class SafeSource:
     `POLARISATIONS`), `azimuth_time` float64 (seconds since 1970-01-01 UTC, the window's centre line), and with a
     labels CSV `label` int32 (`filename,label` or `filename,class`) or `labels` int32 [K] multi-hot. A CSV
     `filename` names a measurement TIFF (with or without `.tiff`) or a product (its id, `.SAFE` folder or zip);
-    a measurement's own row wins over its product's. With a CSV, only the measurements it labels are used.
+    a measurement's own row wins over its product's. With a CSV, only the measurements it labels are used. The
+    classes are the CSV's, sorted, or an explicit `class_names` the labels are mapped onto by name: give every
+    split read from its own CSV the same list, so an index names one class in all of them.
 
     The source holds names and numbers only (the XML is parsed when a record is read, cached per process), so it
     pickles small into Grain workers. Without `tile_size`, `skip_corrupt` or `verify_checksums`, construction
@@ -638,6 +653,10 @@ class SafeSource:
       thermal_noise: subtract the noise LUTs (then every measurement needs its noise XML).
       db_range: (lo, hi) sigma0 dB mapped onto 0..255.
       labels_csv: optional labels CSV.
+      class_names: optional class list (single-label names, or multi-hot code columns) the CSV's labels are
+        mapped onto by name (a class may be absent from the CSV); None: the CSV's own, sorted. Needs `labels_csv`.
+      labels_elsewhere: the CSV also labels products outside `root` (one CSV for several split folders): its rows
+        that match nothing here are left out silently and listed in `unmatched_rows`, not errors or skips.
       skip_corrupt: at construction, parse each measurement's XML and check its TIFF header, and drop (and count)
         measurements with a missing, unreadable or truncated file or (with `verify_checksums`) a bad MD5, and CSV
         rows that match nothing; otherwise these raise.
@@ -645,7 +664,8 @@ class SafeSource:
 
     Attributes:
       image_shape: (S, S, 1).
-      class_names: the CSV's classes or codes, or None.
+      class_names: the CSV's classes or codes (or the `class_names` given), or None.
+      unmatched_rows: the `filename` of each CSV row matching no measurement here (empty without a CSV).
       measurements: the `Measurement` of each record's file, by index into `measurement_of`.
       num_skipped, skipped_files: what `skip_corrupt` dropped (the errors' messages).
 
@@ -653,12 +673,13 @@ class SafeSource:
       DataNotFoundError: no products; a missing file of a measurement, or a CSV row matching nothing (without
         `skip_corrupt`).
       CorruptImageError: a bad MD5 (with `verify_checksums`), or unreadable XML or TIFF found at construction.
-      DataError: no usable measurement.
+      DataError: no usable measurement; a CSV label not in `class_names`.
     """
 
     def __init__(self, root: str | os.PathLike, *, image_size: int, pixel_spacing: float = PIXEL_SPACING,
                  tile_size: int = 0, polarisations: Sequence[str] = (), thermal_noise: bool = True,
                  db_range: tuple[float, float] = DB_RANGE, labels_csv: str | os.PathLike | None = None,
+                 class_names: Sequence[str] | None = None, labels_elsewhere: bool = False,
                  skip_corrupt: bool = False, verify_checksums: bool = False):
         if image_size <= 0 or pixel_spacing <= 0 or tile_size < 0:
             raise ValueError(f"need image_size > 0, pixel_spacing > 0 and tile_size >= 0, got {image_size}, "
@@ -667,6 +688,11 @@ class SafeSource:
         if unknown or len(db_range) != 2 or not db_range[0] < db_range[1]:
             raise ValueError(f"polarisations must be of {POLARISATIONS} (got {tuple(polarisations)}) and db_range "
                              f"(lo, hi) with lo < hi (got {tuple(db_range)})")
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if labels_csv is None or not class_names or len(set(class_names)) != len(class_names):
+                raise ValueError(f"class_names must be distinct, non-empty and come with a labels_csv (got "
+                                 f"{class_names}, labels_csv={labels_csv})")
         self.root, self.image_size, self.tile_size = str(root), int(image_size), int(tile_size)
         self.pixel_spacing, self.thermal_noise = float(pixel_spacing), bool(thermal_noise)
         self.db_range = (float(db_range[0]), float(db_range[1]))
@@ -674,7 +700,7 @@ class SafeSource:
         self._skip, self._verify = bool(skip_corrupt), bool(verify_checksums)
         self.skipped_files: list[str] = []
         measurements = [m for p in self._products(root) for m in list_measurements(p, tuple(polarisations))]
-        measurements, label, multi_hot = self._labelled(measurements, labels_csv)
+        measurements, label, multi_hot = self._labelled(measurements, labels_csv, class_names, labels_elsewhere)
         records, kept = [], []
         for m in measurements:
             windows = self._windows(m)
@@ -707,21 +733,26 @@ class SafeSource:
                 self.skipped_files.append(str(e))
         return products
 
-    def _labelled(self, measurements: list[Measurement], labels_csv):
+    def _labelled(self, measurements: list[Measurement], labels_csv, class_names: list[str] | None,
+                  labels_elsewhere: bool):
         """The measurements a labels CSV labels, with their labels (all of them, unlabelled, without a CSV)."""
         self.class_names: list[str] | None = None
+        self.unmatched_rows: list[str] = []
         if labels_csv is None:
             return measurements, None, None
         table = read_labels_csv(labels_csv)
+        if class_names is not None:
+            table = _on_classes(table, class_names, labels_csv)
         rows = {_label_key(f): i for i, f in enumerate(table.filenames)}
         matched = [(m, rows.get(_label_key(m.stem), rows.get(_label_key(m.product.name)))) for m in measurements]
         matched = [(m, r) for m, r in matched if r is not None]
         used = {r for _, r in matched}
-        unmatched = [f for i, f in enumerate(table.filenames) if i not in used]
-        if unmatched and not self._skip:
-            raise DataNotFoundError(f"{labels_csv}: {len(unmatched)} row(s) match no measurement or product under "
-                                    f"{self.root}, first: {unmatched[0]}")
-        self.skipped_files += [f"{labels_csv}: no measurement for {f}" for f in unmatched]
+        self.unmatched_rows = unmatched = [f for i, f in enumerate(table.filenames) if i not in used]
+        if unmatched and not labels_elsewhere:
+            if not self._skip:
+                raise DataNotFoundError(f"{labels_csv}: {len(unmatched)} row(s) match no measurement or product "
+                                        f"under {self.root}, first: {unmatched[0]}")
+            self.skipped_files += [f"{labels_csv}: no measurement for {f}" for f in unmatched]
         self.class_names = table.class_names
         picked = np.array([r for _, r in matched], np.int64)
         return ([m for m, _ in matched], None if table.label is None else table.label[picked],
@@ -763,6 +794,11 @@ class SafeSource:
         return self.measurements[int(row[0])], (None if row[1] < 0 else tuple(int(v) for v in row[1:]))
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.record_and_window(index)[0]
+
+    def record_and_window(self, index: int) -> tuple[dict[str, np.ndarray], tuple[int, int, int, int]]:
+        """Record `index` and the window (top, bottom, left, right raster pixels) it was read from: for a
+        whole-file record, the raster cut to whole multilook cells."""
         index = int(index)
         if not 0 <= index < len(self._records):
             raise IndexError(f"index {index} out of range for {len(self._records)} records")
@@ -783,7 +819,7 @@ class SafeSource:
             record["label"] = np.int32(self._label[row])
         if self._multi_hot is not None:
             record["labels"] = self._multi_hot[row]
-        return record
+        return record, (top, bottom, left, right)
 
     def __repr__(self) -> str:
         return (f"SafeSource({self.root!r}, n={len(self)}, image_size={self.image_size}, "

@@ -165,4 +165,9 @@ def make_eval_sources(spec, *, image_size: int, in_channels: int, seed: int, cac
     else:
         splits = tuple(_tfds_source(spec.tfds_name, split=split, data_dir=spec.root, image_size=image_size)
                        for split in (spec.train_split, spec.test_split))
+    names = [getattr(split, "class_names", None) for split in splits]
+    if names[0] is not None and names[1] is not None and list(names[0]) != list(names[1]):
+        raise DataError(f"{spec.source} {spec.root or spec.tfds_name}: the {spec.train_split} split's classes "
+                        f"{list(names[0])} differ from the {spec.test_split} split's {list(names[1])}: a label index "
+                        "would name different classes in the two")
     return tuple(InMemorySource(s) for s in splits) if cache else splits

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from oceansar.data.decode import CorruptImageError
-from oceansar.data.safe import PIXEL_SPACING, POLARISATIONS, SWATHS, Raster, SafeSource, full_window, load_metadata
+from oceansar.data.safe import PIXEL_SPACING, POLARISATIONS, SWATHS, SafeSource
 from oceansar.data.synthetic import DB_RANGE
 from oceansar.data.tfds_wv import SPLIT_FOLDERS
 from oceansar.errors import DataNotFoundError
@@ -33,7 +33,10 @@ class SafeArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     Layouts of `archive_dir`: SAFE folders and zips anywhere below it (each split folder `train/`, `validation/`,
     `test/` if present is a split; otherwise everything is `train`), with an optional labels CSV (`filename,label`,
-    `filename,class` or multi-hot code columns; a filename names a measurement TIFF or a product).
+    `filename,class` or multi-hot code columns; a filename names a measurement TIFF or a product). The one CSV
+    labels every split: each split's records take the rows that match its own products (`SafeSource`'s
+    `labels_elsewhere`), all splits share the CSV's class list, and a row matching no product of any split is an
+    error (with `skip_corrupt`, counted in `skipped_files` and logged once).
 
     Features: `image` uint8 [S, S, 1] (ZLIB), `incidence` float32, `swath` int32 (`safe.SWATHS` index, the names
     in `info.metadata['swaths']`), `polarisation` int32 (`safe.POLARISATIONS`, `info.metadata['polarisations']`),
@@ -47,6 +50,11 @@ class SafeArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       image_size, pixel_spacing, tile_size, polarisations, thermal_noise, db_range, verify_checksums,
         skip_corrupt: as `safe.SafeSource`; `skip_corrupt` also leaves out records that fail when read.
       **kwargs: `tfds.core.DatasetBuilder` arguments (`data_dir`, ...); `file_format` is always array_record.
+
+    Raises:
+      DataNotFoundError: no archive; a CSV row matching no measurement or product of any split (without
+        `skip_corrupt`).
+      DataError, CorruptImageError: as `safe.SafeSource`, for each split.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -63,13 +71,23 @@ class SafeArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         splits = {s: archive / s for s in SPLIT_FOLDERS if (archive / s).is_dir()} or {"train": archive}
         options = dict(image_size=image_size, pixel_spacing=pixel_spacing, tile_size=tile_size,
                        polarisations=tuple(polarisations), thermal_noise=thermal_noise, db_range=tuple(db_range),
-                       labels_csv=labels_csv, skip_corrupt=skip_corrupt, verify_checksums=verify_checksums)
+                       labels_csv=labels_csv, labels_elsewhere=True, skip_corrupt=skip_corrupt,
+                       verify_checksums=verify_checksums)
         self._sources = {s: SafeSource(d, **options) for s, d in splits.items()}
         first = next(iter(self._sources.values()))
-        self._class_names = first.class_names
+        self._class_names = first.class_names  # the whole CSV's: the same in every split
         self._multi_hot = first.class_names is not None and first.labels() is None
         self._image_size, self._skip_corrupt = int(image_size), bool(skip_corrupt)
         self.skipped_files: list[str] = [f for s in self._sources.values() for f in s.skipped_files]
+        elsewhere = [set(s.unmatched_rows) for s in self._sources.values()]
+        unmatched = [f for f in first.unmatched_rows if all(f in rows for rows in elsewhere)]
+        if unmatched:
+            if not self._skip_corrupt:
+                raise DataNotFoundError(f"{labels_csv}: {len(unmatched)} row(s) match no measurement or product "
+                                        f"under {archive} (splits {sorted(splits)}), first: {unmatched[0]}")
+            self.skipped_files += [f"{labels_csv}: no measurement for {f}" for f in unmatched]
+            log.warning("SafeArchive(%s): %d row(s) of %s match no measurement of any split, first: %s", archive,
+                        len(unmatched), labels_csv, unmatched[0])
         kwargs["file_format"] = "array_record"
         super().__init__(**kwargs)
 
@@ -104,9 +122,9 @@ class SafeArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, source: SafeSource) -> Iterator[tuple[int, dict[str, Any]]]:
         for index in range(len(source)):
-            m, window = source.measurement_of(index)
+            m, _ = source.measurement_of(index)
             try:
-                record = source[index]
+                record, window = source.record_and_window(index)
             except CorruptImageError as e:
                 if not self._skip_corrupt:
                     raise
@@ -114,16 +132,9 @@ class SafeArchive(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 log.warning("SafeArchive: skipped record %d (%s)", index, e)
                 continue
             example = {key: record[key] for key in ("image", "incidence", "swath", "polarisation", "azimuth_time")}
-            example.update(window=np.asarray(window or self._whole(m, source), np.int64),
+            example.update(window=np.asarray(window, np.int64),
                            archive_index=index, filename=m.name, product=m.product.name)
             for key in ("label", "labels"):
                 if key in record:
                     example[key] = record[key]
             yield index, example
-
-    @staticmethod
-    def _whole(m, source: SafeSource) -> tuple[int, int, int, int]:
-        """The window a whole-file record reads: the raster cut to whole multilook cells."""
-        annotation, _ = load_metadata(m, source.thermal_noise)
-        with Raster(m) as raster:
-            return full_window(raster.shape, annotation.looks(source.pixel_spacing))

@@ -213,14 +213,18 @@ def _ridge_path(x, y, alphas):
 
 
 @functools.partial(jax.jit, static_argnames=("n_bootstrap",))
-def _ridge_scores(w, test_x, test_y, y_mean, y_std, seed, *, n_bootstrap):
-    prediction = (test_x @ w) * y_std + y_mean
-    squared_error = (prediction - test_y) ** 2
+def regression_scores(prediction, target, seed, *, n_bootstrap: int):
+    """(RMSE, its bootstrap std over the test set, R^2) of a prediction [n] of `target` [n], in its units."""
+    squared_error = (prediction - target) ** 2
     rmse = jnp.sqrt(squared_error.mean())
-    r2 = 1.0 - squared_error.sum() / jnp.sum((test_y - test_y.mean()) ** 2)
-    _, rmse_std = resample_statistics(lambda idx: jnp.sqrt(squared_error[idx].mean()), test_y.shape[0],
+    r2 = 1.0 - squared_error.sum() / jnp.sum((target - target.mean()) ** 2)
+    _, rmse_std = resample_statistics(lambda idx: jnp.sqrt(squared_error[idx].mean()), target.shape[0],
                                       n_bootstrap=n_bootstrap, seed=seed)
     return rmse, rmse_std, r2
+
+
+def _ridge_scores(w, test_x, test_y, y_mean, y_std, seed, *, n_bootstrap):
+    return regression_scores((test_x @ w) * y_std + y_mean, test_y, seed, n_bootstrap=n_bootstrap)
 
 
 def ridge_probe(train_feats, train_targets, test_feats, test_targets, *, name: str,

@@ -265,7 +265,9 @@ def resample_pos_embed(pos: np.ndarray, grid: int) -> np.ndarray:
     """Position embeddings [1, 1 + g*g, D] resampled to [1, 1 + grid*grid, D], the CLS entry kept.
 
     Numerically `ViT._pos_embed`'s `jax.image.resize(..., "bicubic", antialias=False)` (computed in float64), so
-    a model loaded at a new grid computes what the source model computes when it resizes on the fly.
+    an oceansar model loaded at a new grid computes what it computed resizing on the fly. timm, DINO and DINOv2
+    resize with torch's bicubic (a = -0.75; DINOv2 with an offset and antialiasing): their own resampling of the
+    same grid differs slightly from this one.
     """
     g = math.isqrt(pos.shape[1] - 1)
     cls_pos, grid_pos = pos[:, :1], pos[0, 1:].reshape(g, g, -1).astype(np.float64)

@@ -50,9 +50,11 @@ def _trainable(params, linear: bool):
 
 
 def _decayed(params):
-    """Weight decay on matrices only (not on biases, norms, tokens and position embeddings)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: x.ndim >= 2 and str(getattr(p[-1], "key", p[-1])) == "kernel", params)
+    """Weight decay on the linear and convolution kernels only (not on biases, norms, tokens and positions)."""
+    def is_kernel(path, x):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return x.ndim >= 2 and "kernel" in names
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def make_optimizer(spec: FinetuneSpec, params, *, depth: int, steps_per_epoch: int
