@@ -36,10 +36,16 @@ class Source(Protocol):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
 
 
-def _tfds_source(name: str, *, split: str, data_dir: str, image_size: int):
+def _tfds_source(name: str, *, split: str, data_dir: str, image_size: int, labelled: bool = True):
+    """A prepared TFDS dataset; its `label` feature is required for evaluation (`labelled`), optional in a pool."""
     from oceansar.data.tfds_wv import TFDSSource  # imports tensorflow_datasets: only when one is built
 
-    return TFDSSource(name, split=split, data_dir=data_dir or None, image_size=image_size)
+    try:
+        return TFDSSource(name, split=split, data_dir=data_dir or None, image_size=image_size)
+    except KeyError:  # no `label` feature (the image's absence raises again below)
+        if labelled:
+            raise
+        return TFDSSource(name, split=split, data_dir=data_dir or None, image_size=image_size, label_key=None)
 
 
 def _check_paths(data) -> None:
@@ -107,7 +113,7 @@ def make_pretrain_source(data, *, seed: int, progress: bool = True, text=None) -
                             skip_corrupt=data.skip_corrupt, verify_checksums=s.verify_checksums)
     else:
         source = _tfds_source(data.tfds_name, split=data.tfds_split, data_dir=data.root,
-                              image_size=data.image_size)
+                              image_size=data.image_size, labelled=False)
     if data.pool_transform.enabled:
         source = RedundantPool(source, data.pool_transform)
     if data.duplication.scheme != "none":
