@@ -59,9 +59,9 @@ def test_init_from_fills_student_and_teacher_backbones(tmp_path):
 
 
 def test_init_from_another_architecture_is_refused_naming_the_field(tmp_path):
-    donor = _experiment(**{"model.variant": "Ti/8"})
+    donor = _experiment(**{"model.variant": "mu/4"})
     released = release.export(tmp_path / "release", teacher_params=donor.init_state().teacher, spec=donor.spec)
-    with pytest.raises(ValueError, match="config.init_from: .*blocks"):   # 12 blocks of width 192 into 2 of 32
+    with pytest.raises(ValueError, match="config.init_from: .*patch_embed"):   # 4 px patches into an 8 px embedding
         _experiment(init_from=str(released)).init_state()
     with pytest.raises(FileNotFoundError, match="config.init_from: .*nowhere is neither a .safetensors file nor"):
         _experiment(init_from=str(tmp_path / "nowhere")).init_state()
