@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         in_channels=1,             # VV only
         drop_path_rate=0.0,        # stochastic depth; tiny nets do not need it
         layer_scale=0.0,           # LayerScale init (DINOv2: 1e-5); 0 = none, as DINO and every release so far
+        remat="none",              # none | dots_saveable | full: blocks recomputed in the backward pass (B/8, L/16)
         out_dim=1024,              # prototypes K (65536 in DINO; scaled to the data)
         hidden_dim=256,
         bottleneck_dim=64,
@@ -162,6 +163,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 100
     c.keep_checkpoints = 2
     c.num_devices = 0              # 0 = every visible device
+    c.mesh = dict(
+        fsdp=1,                    # devices each parameter and its optimizer state are sharded over (FSDP); 1 = DP
+        fsdp_min_size=2**14,       # smaller tensors stay replicated: their all-gather costs more than it saves
+    )
     c.progress = True              # tqdm bar
     c.resume = ""                  # a checkpoint dir to continue from if the workdir has none
     c.init_from = ""               # a release dir to initialise the backbone from

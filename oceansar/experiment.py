@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from oceansar import augment, embedding, release, sharding
 from oceansar.checkpoint import Checkpointer
@@ -45,8 +44,17 @@ from oceansar.train.state import TrainState
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def _shaped(tree: Any, sharding_: NamedSharding) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_), tree)
+def _state_shaped(abstract: TrainState, mesh, min_size: int) -> TrainState:
+    """The train state's shapes with their shardings: student, teacher and optimizer state by the FSDP rule
+    (`sharding.param_sharding`), the rest (centres, loss table, step, key) replicated."""
+    def shaped(x, sharding_):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_)
+
+    replicated = sharding.replicated(mesh)
+    by_rule = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: shaped(x, sharding.param_sharding(mesh, x.shape, min_size=min_size)), tree)
+    return jax.tree.map(lambda x: shaped(x, replicated), abstract).replace(
+        params=by_rule(abstract.params), teacher=by_rule(abstract.teacher), opt_state=by_rule(abstract.opt_state))
 
 
 def program_report(compiled) -> dict[str, float]:
@@ -109,7 +117,7 @@ class Experiment:
     def build(cls, spec: RunSpec, *, num_samples: int, tokenizer=None) -> "Experiment":
         """The Experiment of `spec` (see `run_spec`) over a pool of `num_samples` samples; an image-text run's
         retrieval and zero-shot evaluators tokenise with the pool's `tokenizer`."""
-        mesh = sharding.make_mesh(spec.num_devices or None)
+        mesh = sharding.make_mesh(spec.num_devices or None, spec.mesh.fsdp)
         tx = optim_lib.make_optimizer(spec.optim)
         model = nnx.eval_shape(lambda: state_lib.build_model(spec))
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)
@@ -119,11 +127,11 @@ class Experiment:
         evaluators = {name: _evaluator(spec, name, e, tokenizer) for name, e in spec.evals.items()}
         return cls(spec=spec, num_samples=num_samples, mesh=mesh, budget=step_lib.Budget.from_spec(spec), tx=tx,
                    graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, nnx.Param)[0],
-                   abstract_state=_shaped(abstract, sharding.replicated(mesh)), evaluators=evaluators,
+                   abstract_state=_state_shaped(abstract, mesh, spec.mesh.fsdp_min_size), evaluators=evaluators,
                    tokenizer=tokenizer)
 
     def init_state(self, *, init_from: bool = True) -> TrainState:
-        """The initial train state, replicated over the mesh.
+        """The initial train state in its shardings (replicated, parameters split over `fsdp` under FSDP).
 
         Args:
           init_from: fill the backbones from `config.init_from` when it is set (False: the random-init
@@ -135,7 +143,8 @@ class Experiment:
                         out_shardings=jax.tree.map(lambda x: x.sharding, self.abstract_state))
         state = build()
         if init_from and self.spec.init_from:
-            state = sharding.replicate(self.mesh, self._init_from(state, self.spec.init_from))
+            state = jax.device_put(self._init_from(state, self.spec.init_from),
+                                   jax.tree.map(lambda x: x.sharding, self.abstract_state))
         return state
 
     def _init_from(self, state: TrainState, path: str) -> TrainState:
@@ -173,9 +182,8 @@ class Experiment:
         """
         make = contrastive_step.make_train_step if self.spec.text.enabled else step_lib.make_train_step
         fn = make(self.graphdef, self.rest, self.tx, self.spec, self.budget, update_loss_stats=update_loss_stats)
-        replicated = sharding.replicated(self.mesh)
-        state_shardings = jax.tree.map(lambda _: replicated, self.abstract_state)
-        out_shardings = (state_shardings, replicated, sharding.batch_sharded(self.mesh))
+        state_shardings = jax.tree.map(lambda x: x.sharding, self.abstract_state)
+        out_shardings = (state_shardings, sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh))
         jitted = jax.jit(fn, donate_argnums=(0,), out_shardings=out_shardings)
         compiled = jitted.lower(self.abstract_state, self.batch_spec(image_dtype)).compile()
         if log and jax.process_index() == 0:

@@ -41,6 +41,7 @@ LOSS_RULES = ("infobatch",)
 POLICIES = SUBSET_POLICIES + LOSS_RULES + tuple(f"{s}+{r}" for s in SUBSET_POLICIES[1:] for r in LOSS_RULES)
 # Top-level blocks that belong to an application (`--mode=compare`), not to a training run.
 APP_BLOCKS = ("compare",)
+REMAT = ("none", "dots_saveable", "full")
 FINETUNE_TASKS = ("classification", "regression")
 FINETUNE_MODES = ("full", "linear")
 
@@ -209,6 +210,7 @@ class ModelSpec:
     in_channels: int
     drop_path_rate: float
     layer_scale: float         # LayerScale init (DINOv2, arXiv 2103.17239); 0 = none
+    remat: str                 # none | dots_saveable | full: what each block keeps for the backward pass
     out_dim: int               # DINO prototypes K
     hidden_dim: int
     bottleneck_dim: int
@@ -224,6 +226,7 @@ class ModelSpec:
             _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
         _require(self.layer_scale >= 0, "layer_scale", f"must be >= 0 (0 = no LayerScale), got {self.layer_scale}")
+        _require(self.remat in REMAT, "remat", f"{self.remat!r} is not one of {REMAT}")
         _require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
 
     @property
@@ -466,6 +469,18 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """The device mesh (`config.mesh`): `data` x `fsdp` axes over every device."""
+
+    fsdp: int                  # devices a parameter is sharded over (ZeRO-3 / FSDP); 1 = pure data parallel
+    fsdp_min_size: int         # tensors with fewer elements stay replicated (their all-gather costs more)
+
+    def __post_init__(self):
+        _require(self.fsdp >= 1, "fsdp", f"must be >= 1, got {self.fsdp}")
+        _require(self.fsdp_min_size >= 0, "fsdp_min_size", f"must be >= 0, got {self.fsdp_min_size}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSpec:
     """A whole training run: the top-level fields and every block."""
 
@@ -490,6 +505,7 @@ class RunSpec:
     optim: OptimSpec
     schedules: ScheduleSpec
     pruning: PruningSpec
+    mesh: MeshSpec
     evals: Mapping[str, EvalSpec]
 
     @classmethod
@@ -497,7 +513,7 @@ class RunSpec:
         """Builds and validates the spec of a recipe; with `num_devices`, also against the devices."""
         blocks = {"data": DataSpec, "model": ModelSpec, "crops": MultiCropSpec, "dino": DinoSpec,
                   "ibot": IbotSpec, "text": TextSpec, "optim": OptimSpec, "schedules": ScheduleSpec,
-                  "pruning": PruningSpec}
+                  "pruning": PruningSpec, "mesh": MeshSpec}
         top = {k: config[k] for k in config.keys() if k not in APP_BLOCKS}
         values = {k: build(spec_cls, top.pop(k, {}), k) if k in top else None
                   for k, spec_cls in blocks.items()}
@@ -564,6 +580,8 @@ class RunSpec:
                 fail(f"evals.{name}.source", "image-text probes read the captions source or the simulator's captions")
         if num_devices is None:
             return
+        if num_devices % self.mesh.fsdp:
+            fail("mesh.fsdp", f"{self.mesh.fsdp} does not divide the {num_devices} devices")
         batches = [("batch_size", self.batch_size), ("pruning.embed_batch_size", self.pruning.embed_batch_size)]
         batches += [(f"evals.{n}.batch_size", e.batch_size) for n, e in self.evals.items()]
         for field, size in batches:
@@ -575,7 +593,7 @@ class RunSpec:
 
 def _top_fields() -> list[tuple[str, Any]]:
     hints = typing.get_type_hints(RunSpec)
-    blocks = ("data", "model", "crops", "dino", "ibot", "text", "optim", "schedules", "pruning", "evals")
+    blocks = ("data", "model", "crops", "dino", "ibot", "text", "optim", "schedules", "pruning", "mesh", "evals")
     return [(f.name, hints[f.name]) for f in dataclasses.fields(RunSpec) if f.name not in blocks]
 
 

@@ -136,12 +136,9 @@ def _check_inputs(source, indices, batch_size: int, mesh):
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if mesh is None:
         return indices, None, (0, 1)
-    if "data" not in mesh.axis_names:
-        raise ValueError(f"mesh has axes {mesh.axis_names}; extract_features shards over a 'data' axis")
-    if batch_size % mesh.shape["data"]:
-        raise ValueError(f"batch_size={batch_size} is not divisible by the mesh's data axis "
-                         f"({mesh.shape['data']} devices)")
-    sharding = NamedSharding(mesh, P("data"))
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size={batch_size} is not divisible by the mesh's {mesh.size} devices")
+    sharding = NamedSharding(mesh, P(mesh.axis_names))  # every axis: data and, under FSDP, fsdp
     return indices, sharding, _process_block(sharding, batch_size)
 
 

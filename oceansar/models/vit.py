@@ -32,6 +32,9 @@ VARIANTS: dict[str, dict[str, int]] = {
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
+# What a block keeps for its backward pass (`model.remat`): everything, its matmul outputs, or its input alone.
+REMAT_POLICIES = {"none": None, "dots_saveable": jax.checkpoint_policies.dots_saveable, "full": None}
+
 
 def parse_variant(variant: str) -> dict[str, int]:
     """Returns width, depth, heads, mlp_dim and patch of a variant string "<size>/<patch>".
@@ -134,7 +137,8 @@ class ViT(nnx.Module):
     """
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int = 1, drop_path_rate: float = 0.0,
-                 layer_scale: float = 0.0, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 layer_scale: float = 0.0, remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         """Builds the backbone.
 
         Args:
@@ -144,6 +148,8 @@ class ViT(nnx.Module):
             drop_path_rate: stochastic-depth rate of the last block; block i uses rate * i / (depth - 1).
             layer_scale: 0 for none (DINO); > 0 adds LayerScale (arXiv 2103.17239) initialised to this value to
                 both branches of every block, as DINOv2 (1e-5).
+            remat: rematerialisation of each block in the backward pass: "none", "dots_saveable" (keep the
+                matmul outputs, recompute the rest) or "full" (keep only each block's input).
             dtype: compute dtype (bfloat16 on GPU/TPU); outputs are returned in float32.
             param_dtype: parameter dtype.
             rngs: initialisation randomness.
@@ -156,6 +162,9 @@ class ViT(nnx.Module):
             raise ValueError(f"model.drop_path_rate: must lie in [0, 1), got {drop_path_rate}")
         if not layer_scale >= 0.0:
             raise ValueError(f"model.layer_scale: must be >= 0 (0 = no LayerScale), got {layer_scale}")
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat: {remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        self.remat = remat
         self.variant = variant
         self.patch = cfg["patch"]
         self.grid = img_size // cfg["patch"]
@@ -219,10 +228,12 @@ class ViT(nnx.Module):
         stochastic = train and any(blk.drop_path_rate > 0.0 for blk in self.blocks)
         if stochastic and rngs is None:
             raise ValueError("ViT: train=True with drop_path_rate > 0 needs `rngs` for stochastic depth")
+        call = (lambda blk, x, keys: blk(x, keys)) if self.remat == "none" else nnx.remat(
+            lambda blk, x, keys: blk(x, keys), policy=REMAT_POLICIES[self.remat])
         for blk in self.blocks:
             keys = None
             if stochastic and blk.drop_path_rate > 0.0:
                 keys = tuple(jax.random.split(rngs.dropout(), 2))
-            tokens = blk(tokens, keys)
+            tokens = call(blk, tokens, keys)
         tokens = self.norm(tokens).astype(jnp.float32)
         return {"cls": tokens[:, 0], "patch": tokens[:, 1:]}
