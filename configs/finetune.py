@@ -17,6 +17,10 @@ types, a stratified 80/20 split), `ucm` (UC Merced land use, 21 classes, graysca
 `mode=linear` the head alone on the frozen backbone. Chosen here, at the CPU scale: 30 epochs, batch 64, AdamW,
 peak lr 1e-3 (full; 1e-2 for the head alone), 3 warm-up epochs then cosine, weight decay 0.05, label smoothing
 0.1, stochastic depth 0.1, random flips.
+
+Expected, from the default run's release on a 2-core CPU (11-20 s each, test split, bootstrap std): `wv_class`
+top-1 0.579 ± 0.020 (0.522 from random init, 0.423 with `mode=linear`), `wv_regression` wind RMSE 1.51 m/s and
+Hs RMSE 0.72 m, `opensarship` top-1 0.48 ± 0.05 (balanced 0.36).
 """
 from __future__ import annotations
 
