@@ -33,6 +33,20 @@ def _weights(path):
     return timm_layout.read_safetensors(path / "release" / "model.safetensors")
 
 
+def _exported(path, outputs):
+    """The exported network of the fine-tuning run in `path`, rebuilt as an oceansar Classifier."""
+    from oceansar.models.classifier import Classifier
+
+    graphdef, params = nnx.split(Classifier("mu/8", img_size=24, in_channels=1, outputs=outputs, rngs=nnx.Rngs(0)),
+                                 nnx.Param)
+    weights = _weights(path)
+    pure = nnx.to_pure_dict(params)
+    pure["backbone"], _ = timm_layout.from_timm(weights, jax.tree.map(np.asarray, pure["backbone"]))
+    pure["head"] = {"kernel": weights["head.weight"].T, "bias": weights["head.bias"]}
+    nnx.replace_by_pure_dict(params, pure)
+    return graphdef, params, pure, weights
+
+
 def test_classification_end_to_end_and_resume_is_exact(released, tmp_path):
     c = _config(released)
     summary = finetune(c, tmp_path / "straight")
@@ -72,20 +86,13 @@ def test_regression_head_is_exported_in_physical_units(released, tmp_path):
     assert config["label_names"] == ["wind_speed", "hs"] and config["oceansar"]["task"] == "regression"
     # The exported head predicts in m/s and m: the training network's standardised outputs, un-standardised.
     from oceansar.apps import finetune as app
-    from oceansar.models.classifier import Classifier
     from oceansar.train.finetune_step import make_predict
 
     spec = app.finetune_spec(c)
     data = app._load_data(c, spec, release.read_config(released))
-    exported = Classifier("mu/8", img_size=24, in_channels=1, outputs=2, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(exported, nnx.Param)
-    weights = _weights(tmp_path)
-    pure = nnx.to_pure_dict(params)
-    pure["backbone"], _ = timm_layout.from_timm(weights, jax.tree.map(np.asarray, pure["backbone"]))
-    pure["head"] = {"kernel": weights["head.weight"].T, "bias": weights["head.bias"]}
-    nnx.replace_by_pure_dict(params, pure)
+    graphdef, params, pure, weights = _exported(tmp_path, 2)
     physical = make_predict(graphdef, mean=0.5, std=0.25, img_size=24)(params, data.test["image"][:6])
-    trained = nnx.split(exported, nnx.Param)[1]
+    trained = jax.tree.map(lambda x: x, params)
     pure["head"] = {"kernel": (weights["head.weight"].T - 0) / data.target_std,
                     "bias": (weights["head.bias"] - data.target_mean) / data.target_std}
     nnx.replace_by_pure_dict(trained, pure)
@@ -97,19 +104,12 @@ def test_regression_head_is_exported_in_physical_units(released, tmp_path):
 def test_timm_loads_the_fine_tuned_network(released, tmp_path):
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
-    from oceansar.models.classifier import Classifier
 
     c = _config(released)
     finetune(c, tmp_path)
     model = timm.create_model(f"local-dir:{tmp_path / 'release'}", pretrained=True).eval()
     assert model.num_classes == 10
-    ours = Classifier("mu/8", img_size=24, in_channels=1, outputs=10, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(ours, nnx.Param)
-    weights = _weights(tmp_path)
-    pure = nnx.to_pure_dict(params)
-    pure["backbone"], _ = timm_layout.from_timm(weights, jax.tree.map(np.asarray, pure["backbone"]))
-    pure["head"] = {"kernel": weights["head.weight"].T, "bias": weights["head.bias"]}
-    nnx.replace_by_pure_dict(params, pure)
+    graphdef, params, _, _ = _exported(tmp_path, 10)
     x = np.random.default_rng(0).normal(size=(2, 24, 24, 1)).astype(np.float32)
     with torch.no_grad():
         got = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()

@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
 from oceansar import release
-from oceansar.experiment import Experiment, run_spec
 from oceansar.models import timm_layout
-
-
-def _experiment(**overrides) -> Experiment:
-    config = default.get_config("smoke")
-    for key, value in overrides.items():
-        parent, _, leaf = key.rpartition(".")
-        setattr(config[parent] if parent else config, leaf, value)
-    return Experiment.build(run_spec(config), num_samples=64)
+from test_experiment import _experiment
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,8 @@ def _train(config, spec: FinetuneSpec, data: _Data, net: _Network, workdir: path
             for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="finetune",
                              disable=not (config.progress and jax.process_index() == 0)):
                 epoch, i = divmod(step, per_epoch)
-                order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train["image"]))
+                if i == 0 or step == start:  # one shuffle per epoch, a function of (seed, epoch) for the resume
+                    order = np.random.default_rng([config.seed, epoch]).permutation(len(data.train["image"]))
                 idx = order[i * spec.batch_size:(i + 1) * spec.batch_size]
                 batch = sharding.shard_batch(mesh, {k: v[idx] for k, v in data.train.items()})
                 with preemption.deferred():
