@@ -5,8 +5,9 @@ Python loop over samples and the host only decodes. A crop is a separable resamp
 interpolation matrices [out, H] and [out, W] (antialiased bicubic or bilinear, the kernel of `jax.image.resize`) are
 built from the sampled box, flips are folded into them, and the crop is `Wy @ image @ Wx^T`. Rot90 on square crops is
 a transpose selected per sample. Photometric jitter adapts DINO's (arXiv 2104.14294) to SAR: brightness becomes an
-additive dB offset, contrast a scale around the crop mean, saturation/hue/grayscale/solarize are dropped, Gaussian blur
-is kept (folded into the resampling matrices). Inputs are float images already standardised (zero-mean, unit-std
+additive dB offset, contrast a scale around the crop mean; an RGB input (optical images: UC Merced) also gets DINO's saturation
+jitter and random grayscale, which keep a network from matching views by their colour histogram; hue and solarize
+are dropped. Gaussian blur is kept (folded into the resampling matrices). Inputs are float images already standardised (zero-mean, unit-std
 dB-like); uint8 decoding and standardisation happen before. iBOT masks do not live here yet.
 """
 from __future__ import annotations
@@ -49,6 +50,9 @@ class MultiCropSpec:
         blur_p_global: blur probability of each global crop (DINO: 1.0 for the first, 0.1 for the second).
         blur_p_local: blur probability of each local crop.
         blur_sigma: range of the Gaussian blur std, in pixels of the output crop.
+        saturation: RGB input only: range of the factor s in luma + s * (x - luma), part of the jitter (DINO's
+            saturation 0.4: (0.6, 1.4)).
+        grayscale_p: RGB input only: probability that a crop becomes its luma in every channel (DINO's 0.2).
     """
 
     global_size: int
@@ -68,10 +72,13 @@ class MultiCropSpec:
     blur_p_global: tuple[float, ...]
     blur_p_local: float
     blur_sigma: tuple[float, float]
+    saturation: tuple[float, float]
+    grayscale_p: float
 
     def __post_init__(self):
         # Configs hand over lists; tuples keep the spec hashable (a static jit argument).
-        for field in ("global_scale", "local_scale", "ratio", "contrast", "blur_p_global", "blur_sigma"):
+        for field in ("global_scale", "local_scale", "ratio", "contrast", "blur_p_global", "blur_sigma",
+                      "saturation"):
             object.__setattr__(self, field, tuple(float(v) for v in getattr(self, field)))
 
         def fail(field, why):
@@ -93,7 +100,9 @@ class MultiCropSpec:
             fail("interpolation", f"must be one of {_INTERPOLATIONS}")
         if len(self.blur_p_global) != self.n_global:
             fail("blur_p_global", f"needs one probability per global crop (n_global={self.n_global})")
-        for field in ("flip_p", "vflip_p", "jitter_p", "blur_p_local"):
+        if len(self.saturation) != 2 or not 0 <= self.saturation[0] <= self.saturation[1]:
+            fail("saturation", "must be a pair (lo, hi) with 0 <= lo <= hi")
+        for field in ("flip_p", "vflip_p", "jitter_p", "blur_p_local", "grayscale_p"):
             if not 0 <= getattr(self, field) <= 1:
                 fail(field, "must be a probability in [0, 1]")
         if not all(0 <= p <= 1 for p in self.blur_p_global):
@@ -184,8 +193,9 @@ def _blur_matrix(sigma: jax.Array, enabled: jax.Array, size: int, radius: int) -
 
 
 def _crop_stack(u: jax.Array, images: jax.Array, size: int, scale: tuple[float, float], blur_p: jax.Array,
-                spec: MultiCropSpec) -> jax.Array:
-    """Augmented square crops of every image, [n, B, size, size, C], from uniforms u [n, B, _N_UNIFORMS]."""
+                spec: MultiCropSpec, u_colour: jax.Array | None) -> jax.Array:
+    """Augmented square crops of every image, [n, B, size, size, C], from uniforms u [n, B, _N_UNIFORMS] (and, for
+    RGB, u_colour [n, B, 2]: saturation, grayscale)."""
     n, b = u.shape[:2]
     height, width = images.shape[1:3]
     y0, x0, h, w = _sample_boxes(u[..., :2 * _MAX_TRIES + 2], height, width, scale, spec.ratio)
@@ -220,8 +230,22 @@ def _crop_stack(u: jax.Array, images: jax.Array, size: int, scale: tuple[float, 
     factor = spec.contrast[0] + (spec.contrast[1] - spec.contrast[0]) * u_factor
     mean = jnp.mean(crops, axis=(2, 3), keepdims=True)
     jittered = mean + factor[..., None, None, None] * (crops - mean) + offset[..., None, None, None]
+    if u_colour is not None:
+        # Standardisation is one affine map for every channel, so the luma of standardised pixels is the
+        # standardised luma.
+        saturation = spec.saturation[0] + (spec.saturation[1] - spec.saturation[0]) * u_colour[..., 0]
+        luma = _luma(jittered)
+        jittered = luma + saturation[..., None, None, None] * (jittered - luma)
     crops = jnp.where(jitter, jittered, crops)
+    if u_colour is not None:
+        crops = jnp.where((u_colour[..., 1] < spec.grayscale_p)[..., None, None, None],
+                          jnp.broadcast_to(_luma(crops), crops.shape), crops)
     return crops
+
+
+def _luma(rgb: jax.Array) -> jax.Array:
+    """ITU-R BT.601 luma of [..., 3] pixels, [..., 1] (torchvision's `rgb_to_grayscale`)."""
+    return jnp.tensordot(rgb, jnp.asarray([0.299, 0.587, 0.114], rgb.dtype), axes=1)[..., None]
 
 
 def _check_images(images: jax.Array, where: str) -> None:
@@ -248,12 +272,17 @@ def multicrop(key: jax.Array, images: jax.Array, spec: MultiCropSpec) -> tuple[j
     # One threefry draw for every crop parameter: each draw unrolls into hundreds of ops on CPU and costs over a
     # second of compile time. Threefry (not RBG) keeps the crops identical whatever the batch sharding.
     u = jax.random.uniform(key, (spec.n_global + spec.n_local, b, _N_UNIFORMS))
+    # The colour draws come from their own stream, so a 1-channel (SAR) run's crops do not depend on them.
+    u_colour = (jax.random.uniform(jax.random.fold_in(key, 1), (spec.n_global + spec.n_local, b, 2))
+                if c == 3 else None)
     globals_ = _crop_stack(u[:spec.n_global], images, spec.global_size, spec.global_scale,
-                           jnp.asarray(spec.blur_p_global, jnp.float32), spec)
+                           jnp.asarray(spec.blur_p_global, jnp.float32), spec,
+                           None if u_colour is None else u_colour[:spec.n_global])
     if spec.n_local == 0:
         return globals_, jnp.zeros((0, b, spec.local_size, spec.local_size, c), jnp.float32)
     locals_ = _crop_stack(u[spec.n_global:], images, spec.local_size, spec.local_scale,
-                          jnp.full((spec.n_local,), spec.blur_p_local, jnp.float32), spec)
+                          jnp.full((spec.n_local,), spec.blur_p_local, jnp.float32), spec,
+                          None if u_colour is None else u_colour[spec.n_global:])
     return globals_, locals_
 
 

@@ -375,7 +375,7 @@ class PruningSpec:
     warmup_examples: int       # T_w
     every_epochs: int          # T_s
     subset_size: int           # M, embedded per re-clustering (0 = all)
-    n_clusters: tuple[int, ...]
+    n_clusters: tuple[int, ...]  # () = sized from the clustered set (policies.CLUSTER_DIVISORS)
     n_resamples: int
     prune_ratio: float         # InfoBatch r
     delta: float               # InfoBatch annealing point, fraction of the budget
@@ -397,8 +397,8 @@ class PruningSpec:
         _require(self.every_epochs >= 1, "every_epochs", "must be >= 1")
         _require(self.warmup_examples >= 0, "warmup_examples", "must be >= 0")
         _require(self.subset_size >= 0, "subset_size", "must be >= 0")
-        _require(bool(self.n_clusters) and min(self.n_clusters) >= 1, "n_clusters",
-                 f"must be positive cluster counts, got {self.n_clusters}")
+        _require(all(k >= 1 for k in self.n_clusters), "n_clusters",
+                 f"must be positive cluster counts (or () for N/20, N/200 of the clustered set), got {self.n_clusters}")
         _require(self.n_resamples >= 0, "n_resamples", "must be >= 0")
         _require(0 <= self.loss_stats_momentum < 1, "loss_stats_momentum", "must be in [0, 1)")
         _require(self.embed_batch_size > 0, "embed_batch_size", "must be positive")

@@ -151,3 +151,28 @@ def test_blur_matrix_matches_reflect_padded_convolution():
     ref = np.convolve(np.pad(x, radius, mode="reflect"), taps / taps.sum(), mode="valid")
     np.testing.assert_allclose(m[0] @ x, ref, atol=1e-5)
     np.testing.assert_array_equal(m[1], np.eye(size))
+
+
+def test_rgb_crops_get_saturation_and_grayscale_and_sar_crops_do_not():
+    rgb = _images(2, (B, H, H, 3))
+    key = jax.random.key(3)
+    plain = dataclasses.replace(PLAIN, grayscale_p=0.0)
+    geometry = np.asarray(multicrop(key, rgb, plain)[0])
+    luma = np.repeat((geometry @ np.float32([0.299, 0.587, 0.114]))[..., None], 3, -1)
+    # Saturation 0 under a jitter that changes nothing else gives every crop's luma.
+    still = dataclasses.replace(plain, jitter_p=1.0, db_offset=0.0, contrast=(1.0, 1.0))
+    np.testing.assert_allclose(np.asarray(multicrop(key, rgb, dataclasses.replace(still, saturation=(0.0, 0.0)))[0]),
+                               luma, atol=1e-5)
+    # Saturation 1 changes nothing; grayscale at p = 0.5 turns some crops (drawn per crop and sample) to luma.
+    mixed = np.asarray(multicrop(key, rgb, dataclasses.replace(still, saturation=(1.0, 1.0), grayscale_p=0.5))[0])
+    gray = np.all(np.isclose(mixed, luma, atol=1e-5), axis=(2, 3, 4))
+    kept = np.all(np.isclose(mixed, geometry, atol=1e-5), axis=(2, 3, 4))
+    assert np.all(gray | kept) and 0 < gray.sum() < gray.size
+    # A 1-channel (SAR) batch is cropped as before, whatever the colour fields say.
+    sar = _images(4)
+    a = multicrop(key, sar, SPEC)
+    b = multicrop(key, sar, dataclasses.replace(SPEC, saturation=(0.0, 0.0), grayscale_p=1.0))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="saturation"):
+        crop_spec(saturation=(1.2, 0.8))

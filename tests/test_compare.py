@@ -64,6 +64,26 @@ def test_rerun_reads_finished_runs_back(tiny, monkeypatch):
     assert again["runs"] == json.loads(json.dumps(raw["runs"]))
 
 
+def test_other_evaluators_reevaluate_the_finished_runs_once(tiny, monkeypatch):
+    c, workdir, raw = tiny
+    c = c.copy_and_resolve_references()
+    c.evals.wv.update(num_test_per_class=5, probes=("knn",))      # a larger test split, one probe
+    monkeypatch.setattr(compare, "pretrain", pytest.fail)          # re-evaluated, never trained again
+    again = compare.compare(c, workdir)
+    for method in c.compare.methods:
+        evaluation = json.loads((workdir / "seed0" / method / compare.EVALUATION_FILE).read_text())
+        assert evaluation["evals"]["wv"]["num_test_per_class"] == 5
+        assert again["runs"][f"{method}/seed0"]["final"] == evaluation["final"]
+        assert "wv/linear/top1" not in evaluation["final"]
+        assert "wv/linear/top1" in raw["runs"][f"{method}/seed0"]["final"]
+    assert "wv/linear/top1" not in again["runs"]["at_init/seed0"]["final"]
+    text = (workdir / "results.md").read_text()
+    n = len(c.compare.methods)
+    assert "linear" not in text and f"{n} of the {n} runs were trained under other evaluators" in text
+    monkeypatch.setattr(compare, "restore_latest", pytest.fail)    # the second time, read back
+    assert compare.compare(c, workdir)["runs"] == again["runs"]
+
+
 def test_unknown_method_is_named_before_training(tmp_path):
     c = compare_config.get_config("smoke,seeds=1")
     c.compare.methods = ("full", "dedup")
@@ -169,6 +189,24 @@ def test_a_method_parameter_is_applied_and_checked_before_training(tmp_path):
     hkmeans = compare._curate_config(compare._method_config(c, "static_hkmeans@rho=0.1"), "static_hkmeans@rho=0.1",
                                      64, tmp_path)
     assert hkmeans.target_fraction == 0.1
-    c.compare.methods = ("full", "static_hkmeans@eps=0.1")
-    with pytest.raises(ValueError, match="static_hkmeans takes @rho=<float>"):
-        compare.compare(c, tmp_path)
+    # A dynamic method takes the scalar levers of config.pruning, each cast to its field's type.
+    dynamic = compare._method_config(c, "dynamic@features=copy_descriptors,eta=1,every_epochs=2,whiten=true")
+    assert (dynamic.pruning.features, dynamic.pruning.eta, dynamic.pruning.every_epochs, dynamic.pruning.whiten) == (
+        "copy_descriptors", 1.0, 2, True)
+    assert isinstance(dynamic.pruning.every_epochs, int) and c.pruning.features == "cls"
+    for bad, message in (("static_hkmeans@eps=0.1", "static_hkmeans takes rho=<value>"),
+                         ("dynamic@warmup_examples=0", "dynamic takes rho=<value>, features=<value>"),
+                         ("dynamic@every_epochs=1.5", "pruning.every_epochs must be of type int"),
+                         ("dynamic@features=pixels", "pruning.features")):
+        c.compare.methods = ("full", bad)
+        with pytest.raises(ValueError, match=message):
+            compare.compare(c, tmp_path)
+
+
+def test_the_ucm_pool_recipe_validates_and_is_sized_from_its_real_pool(shared_data):
+    c = compare_config.get_config(f"recipe=ucm_pool,seeds=1,data_root={shared_data}")
+    compare._check(c)                                  # every method's config validates before training
+    n = compare.pool_size(c)
+    # Zipf 1.0 over 21 classes of 80 train images: 80 * H_21 originals, 45 % of them in bursts of 2-8.
+    assert 800 < n < 1000 and c.data.pool_transform.enabled and c.model.in_channels == 3
+    assert (c.evals.wv.source, c.evals.wv.test_split, tuple(c.evals.wv.targets)) == ("folder", "val", ())

@@ -203,6 +203,17 @@ def test_cluster_balanced_drops_near_copies_before_balancing():
     assert served[0.0].max() > 1 and served[0.05].max() == 1     # one image per duplicate group
 
 
+def test_an_unsized_hierarchy_is_sized_from_what_it_clusters():
+    rng = np.random.default_rng(0)
+    x, _ = _blobs(2000, rng)
+    spec = _spec(policy="cluster_balanced", rho=0.2, warmup_examples=0, subset_size=1000, n_clusters=(),
+                 n_resamples=1)
+    p = policies.Pruner(spec, num_samples=2000, seed=0, total_examples=10_000)
+    needs = p.plan(0, 0, last_resampling_epoch=None)
+    d = p.decide(0, 0, previous=None, last_resampling_epoch=None, embeddings=x[needs.embed])
+    assert d.report["levels"] == [1000 // 20, 1000 // 200] and len(d.served) == 400
+
+
 def test_clustering_copy_descriptors_reads_no_teacher_embedding():
     rng = np.random.default_rng(0)
     x, _ = _blobs(2000, rng)

@@ -84,10 +84,10 @@ def test_default_fields_carry_their_values_and_comments(default_text):
 def test_multi_line_comments_join_their_continuation_lines(default_text):
     lines = _lines(default_text)
     features = lines["pruning.features"]
-    assert features.startswith("pruning.features = 'copy_descriptors' ")
+    assert features.startswith("pruning.features = 'cls' ")
     # the continuation lines sit left of this field's own comment, in the block's comment column
     assert "# cluster the teacher's cls" in features and "model-free copy descriptors" in features
-    assert features.endswith("The OceanSAR-1 recipe keeps the teacher's cls.")
+    assert features.endswith("(docs/engagement.md).")
     assert lines["pruning.subset_size"].endswith("bounds how far the head is flattened (docs/engagement.md)")
     # the next field's comment is not swallowed
     assert "PCA" not in features and "PCA-whiten" in lines["pruning.whiten"]

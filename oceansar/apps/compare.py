@@ -8,7 +8,9 @@ method then continues from the warm-up checkpoint to the same number of examples
 differ only in what they train on after T_w (and "full" is exactly an uninterrupted full-data run).
 Results are read back from each run's `summary.json` and `metrics.jsonl`; the table's columns are the
 headline metrics of the evaluators that ran (`summary.json`'s `evaluated`). A finished run is never
-redone and an interrupted one resumes from its own checkpoint, so rerunning the command continues.
+redone and an interrupted one resumes from its own checkpoint, so rerunning the command continues; rerun
+with other evaluators (`config.evals`), a finished run's final teacher is evaluated again instead
+(`evaluation.json`).
 
 Two more axes are named config patches, each (objective, data) pair a variant trained from its own warm-up
 at the same budget: `compare.objectives` (e.g. DINOv2's `{"ibot": {"weight": 1.0}, "dino": {"koleo_weight":
@@ -16,8 +18,9 @@ at the same budget: `compare.objectives` (e.g. DINOv2's `{"ibot": {"weight": 1.0
 "uniform"}}}`). A patch may set `compare.methods` for its variant (a duplicated pool trains only `full`).
 Runs live in `seed<s>/<objective>/<data>/<method>`, each axis named only when it has more than one entry,
 and the paired table also gives each variant's full-data run minus the first variant's. A method may carry
-one parameter, `static_hkmeans@rho=0.05` (a subset of 5 % of the pool) or `static_semdedup@eps=0.1`
-(SemDeDup at that eps instead of the eps that keeps rho), so subsets of several sizes compare in one table.
+parameters, `static_hkmeans@rho=0.05` (a subset of 5 % of the pool), `static_semdedup@eps=0.1` (SemDeDup
+at that eps instead of the eps that keeps rho) or a dynamic method's levers of `config.pruning`
+(`dynamic@features=cls,eta=1`), so subsets of several sizes and policies compare in one table.
 """
 from __future__ import annotations
 
@@ -33,13 +36,14 @@ import numpy as np
 from tqdm import tqdm
 
 from oceansar import release
+from oceansar import workdir as workdir_lib
 from oceansar.apps.curate import curate
 from oceansar.apps.embed import embed
 from oceansar.apps.pretrain import pretrain
 from oceansar.data import pipeline, sources
 from oceansar.data.selection import KEPT_FILE
 from oceansar.errors import ConfigError
-from oceansar.experiment import run_spec
+from oceansar.experiment import restore_latest, run_spec
 from oceansar.metrics import read_jsonl
 from oceansar.pruning.report import ENGAGEMENT
 
@@ -53,30 +57,49 @@ METHODS = {                       # method -> pruning.policy
 }
 
 
-# The parameter a method may carry (`static_hkmeans@rho=0.05`): rho for every subset method, eps for SemDeDup.
-PARAMETERS = {m: ("rho", "eps") if m == "static_semdedup" else ("rho",) for m in METHODS if m != "full"}
+# The parameters a method may carry: rho for every subset method, eps for SemDeDup, and for the dynamic methods
+# the scalar levers of `config.pruning` (`dynamic@features=cls,eta=1`). The warm-up is shared by every method of
+# a seed, so T_w is not among them.
+_DYNAMIC_LEVERS = ("features", "eta", "every_epochs", "subset_size", "n_resamples", "whiten", "copy_dedup_eps",
+                   "prune_ratio", "delta")
+PARAMETERS = {m: ("rho", "eps") if m == "static_semdedup" else ("rho", *_DYNAMIC_LEVERS) if "dynamic" in m
+              else ("rho",) for m in METHODS if m != "full"}
 
 
-def parse_method(name: str) -> tuple[str, dict[str, float]]:
-    """`static_hkmeans@rho=0.05` -> (`static_hkmeans`, {"rho": 0.05}).
+# A finished run's results under evaluators other than those it was trained with (see `_evaluation`).
+EVALUATION_FILE = "evaluation.json"
+
+
+def _value(text: str) -> float | bool | str:
+    """A parameter's value: a number, true/false, or a name (`features=cls`)."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_method(name: str) -> tuple[str, dict[str, Any]]:
+    """`static_hkmeans@rho=0.05` -> (`static_hkmeans`, {"rho": 0.05}); parameters are comma-separated
+    (`dynamic@features=cls,eta=1` -> (`dynamic`, {"features": "cls", "eta": 1.0})).
 
     Raises:
       ConfigError: naming `config.compare.methods` for an unknown method or parameter.
     """
-    method, _, parameter = name.partition("@")
+    method, _, parameters = name.partition("@")
     if method not in METHODS:
         raise ConfigError(f"config.compare.methods: unknown {name!r}; known: {tuple(METHODS)}")
-    if not parameter:
-        return method, {}
-    key, _, value = parameter.partition("=")
-    try:
-        if key not in PARAMETERS.get(method, ()):
-            raise ValueError
-        return method, {key: float(value)}
-    except ValueError:
-        raise ConfigError(f"config.compare.methods: {name!r}: {method} takes "
-                          f"{' or '.join(f'@{k}=<float>' for k in PARAMETERS.get(method, ())) or 'no parameter'}"
-                          ) from None
+    parsed: dict[str, Any] = {}
+    for parameter in filter(None, parameters.split(",")):
+        key, sep, value = parameter.partition("=")
+        if key not in PARAMETERS.get(method, ()) or not sep or not value:
+            known = ", ".join(f"{k}=<value>" for k in PARAMETERS.get(method, ())) or "no parameter"
+            raise ConfigError(f"config.compare.methods: {name!r}: {method} takes {known}")
+        parsed[key] = _value(value)
+        if key in ("rho", "eps") and not isinstance(parsed[key], float):
+            raise ConfigError(f"config.compare.methods: {name!r}: {key} must be a number, got {value!r}")
+    return method, parsed
 
 
 def _ordered(config, names) -> list[str]:
@@ -226,13 +249,30 @@ def _arm_config(config, seed: int, variant: tuple[str, str]):
     return c
 
 
+def _lever(method: str, key: str, field: Any, value: Any) -> Any:
+    """A method's parameter as the type of the `config.pruning` field it replaces (4.0 for an int field is 4)."""
+    if isinstance(field, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(field, int):
+        ok = isinstance(value, float) and value.is_integer()
+    elif isinstance(field, float):
+        ok = isinstance(value, float)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"config.compare.methods: {method!r}: pruning.{key} must be of type {type(field).__name__}, "
+                          f"got {value!r}")
+    return type(field)(value)
+
+
 def _method_config(base, method: str):
     """A variant's config with the method's policy and parameter applied."""
     kind, parameters = parse_method(method)
     c = base.copy_and_resolve_references()
     c.pruning.policy = METHODS[kind]
-    if "rho" in parameters:
-        c.pruning.rho = parameters["rho"]
+    for key, value in parameters.items():
+        if key != "eps":  # SemDeDup's eps goes to its curate config
+            c.pruning[key] = _lever(method, key, c.pruning[key], value)
     return c
 
 
@@ -269,20 +309,51 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
                     c.eval_at_init = method == methods[0] and variant == all_variants[0]  # once per seed
                     bar.set_postfix(seed=seed, run=name)
                     pretrain(c, run_dir)
-                raw["runs"][f"{name}/seed{seed}"] = _read_run(run_dir, warm)
+                raw["runs"][f"{name}/seed{seed}"] = _read_run(run_dir, warm, config.evals)
                 bar.update(1)
         first = workdir / f"seed{seed}" / arm(config, all_variants[0], variant_methods(config, all_variants[0])[0])
-        raw["runs"][f"at_init/seed{seed}"] = {"final": json.loads((first / "summary.json").read_text())["at_init"]}
+        raw["runs"][f"at_init/seed{seed}"] = {"final": _evaluation(first, config.evals)["at_init"]}
     bar.close()
     first = raw["variants"][variant_name(config, all_variants[0])]
     raw["pool_size"], raw["prefix_steps"] = first["pool_size"], first["prefix_steps"]
     return raw
 
 
-def _read_run(run_dir: pathlib.Path, warm: pathlib.Path) -> dict[str, Any]:
-    """The run's final results, its evaluation curve and its examples-weighted class mix, the shared
-    warm-up prefix included."""
+def _same_evals(a, b) -> bool:
+    return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+
+
+def _evaluation(run_dir: pathlib.Path, evals) -> dict[str, Any]:
+    """A finished run's final results (and random-init reference, when it has one) under the evaluators
+    `evals`: its summary's when it was evaluated by them, else its final teacher (and its initialisation)
+    evaluated again, once, and kept in `EVALUATION_FILE`. So tightening the evaluation (more probe images,
+    another split) re-evaluates the trained runs instead of mixing old numbers in, or training them again."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    stored = workdir_lib.stored_config(run_dir)
+    own = {"final": summary["final"], "evaluated": summary["evaluated"], "at_init": summary.get("at_init")}
+    if stored is None or _same_evals(stored.evals, evals):
+        return own
+    path = run_dir / EVALUATION_FILE
+    wanted = json.loads(json.dumps(evals.to_dict()))
+    if path.is_file() and (done := json.loads(path.read_text()))["evals"] == wanted:
+        return done
+    c = stored.copy_and_resolve_references()
+    c.evals = evals.copy_and_resolve_references()
+    c.progress = False
+    exp, state, step = restore_latest(run_spec(c), run_dir)
+    done = {"evals": wanted, "step": step, "final": exp.evaluate(state.teacher),
+            "evaluated": [list(h) for h in exp.headline()],
+            "at_init": exp.evaluate(exp.init_state(init_from=False).teacher) if "at_init" in summary else None}
+    if jax.process_index() == 0:
+        workdir_lib.write_atomic(path, json.dumps(done, indent=2))
+    return done
+
+
+def _read_run(run_dir: pathlib.Path, warm: pathlib.Path, evals) -> dict[str, Any]:
+    """The run's final results under the evaluators `evals`, its evaluation curve (as evaluated while it
+    trained) and its examples-weighted class mix, the shared warm-up prefix included."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluation = _evaluation(run_dir, evals)
     records = read_jsonl(warm / "metrics.jsonl") + read_jsonl(run_dir / "metrics.jsonl")
     curve = [{"examples_seen": r["examples_seen"], **{k[len("eval/"):]: v for k, v in r.items()
                                                       if k.startswith("eval/")}}
@@ -294,7 +365,8 @@ def _read_run(run_dir: pathlib.Path, warm: pathlib.Path) -> dict[str, Any]:
     engaged = {k: float(np.mean([r[f"pruning/{k}"] for r in own])) for k in ENGAGEMENT
                if own and all(f"pruning/{k}" in r for r in own)}
     pool = {k: own[0][f"pool/{k}"] for k in ENGAGEMENT if own and f"pool/{k}" in own[0]}
-    return {"final": summary["final"], "pruning": summary["pruning"], "evaluated": summary["evaluated"],
+    return {"final": evaluation["final"], "reevaluated": "evals" in evaluation,
+            "pruning": summary["pruning"], "evaluated": evaluation["evaluated"],
             "train_seconds": summary["train_seconds"], "curve": curve, "class_mix": mix,
             "engagement": engaged, "pool_engagement": pool}
 
@@ -397,6 +469,16 @@ def table(raw: dict[str, Any], config) -> str:
     return "\n".join(lines)
 
 
+def _reevaluated_note(raw: dict[str, Any]) -> str:
+    runs = [r for k, r in raw["runs"].items() if not k.startswith("at_init/")]
+    again = sum(r.get("reevaluated", False) for r in runs)
+    if not again:
+        return ""
+    return (f" {again} of the {len(runs)} runs were trained under other evaluators: their final teachers (and "
+            "the random initialisations) were evaluated again by these (`evaluation.json`), while the curves "
+            "keep the evaluations made during training.")
+
+
 def plot_curves(raw: dict[str, Any], config, out: pathlib.Path) -> None:
     """Each evaluation metric against examples seen, one line per method (mean over seeds, ± std)."""
     import matplotlib
@@ -486,7 +568,7 @@ def compare(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         "mean ± std over seeds; best method per column in bold. `final kept`: the fraction of the pool "
         "in the last epoch's selection; `pool seen`: the fraction of the pool trained on at least once. "
         "`train s`: training wall time including resamplings and "
-        "intermediate evaluations.",
+        "intermediate evaluations." + _reevaluated_note(raw),
         "",
         md,
         "",

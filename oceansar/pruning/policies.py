@@ -25,6 +25,11 @@ from oceansar.data.selection import Selection
 from oceansar.spec import PruningSpec
 
 
+# `pruning.n_clusters=()`: the hierarchy is sized from the set it clusters (after any copy removal), k = N/20 and
+# N/200 (Vo et al., arXiv 2405.15613), so one recipe fits a pool of a thousand images or of a million.
+CLUSTER_DIVISORS = (20, 200)
+
+
 @dataclasses.dataclass(frozen=True)
 class Needs:
     """What the coming epoch's decision reads.
@@ -165,7 +170,8 @@ class ClusterBalanced:
             embeddings = (centred @ eigvec) / np.sqrt(np.maximum(eigval, 1e-8))
         embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         levels, n_points = [], subset.size
-        for k in self.spec.n_clusters:  # a level never has more clusters than points below it
+        n_clusters = self.spec.n_clusters or tuple(max(subset.size // d, 1) for d in CLUSTER_DIVISORS)
+        for k in n_clusters:  # a level never has more clusters than points below it
             levels.append(min(k, n_points))
             n_points = levels[-1]
         hierarchy = hierarchical.hierarchical_kmeans(
