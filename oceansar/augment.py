@@ -5,10 +5,11 @@ Python loop over samples and the host only decodes. A crop is a separable resamp
 interpolation matrices [out, H] and [out, W] (antialiased bicubic or bilinear, the kernel of `jax.image.resize`) are
 built from the sampled box, flips are folded into them, and the crop is `Wy @ image @ Wx^T`. Rot90 on square crops is
 a transpose selected per sample. Photometric jitter adapts DINO's (arXiv 2104.14294) to SAR: brightness becomes an
-additive dB offset, contrast a scale around the crop mean; an RGB input (optical images: UC Merced) also gets DINO's saturation
-jitter and random grayscale, which keep a network from matching views by their colour histogram; hue and solarize
-are dropped. Gaussian blur is kept (folded into the resampling matrices). Inputs are float images already standardised (zero-mean, unit-std
-dB-like); uint8 decoding and standardisation happen before. iBOT masks do not live here yet.
+additive dB offset, contrast a scale around the crop mean; an RGB input (optical images: UC Merced) also gets DINO's
+saturation jitter and random grayscale, which keep a network from matching views by their colour histogram; hue and
+solarize are dropped. Gaussian blur is kept (folded into the resampling matrices). Inputs are float images already
+standardised (zero-mean, unit-std dB-like); uint8 decoding and standardisation happen before, iBOT's masks in
+`masking.py`.
 """
 from __future__ import annotations
 

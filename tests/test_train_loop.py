@@ -120,6 +120,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_config, m
     assert step == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+def _per_sample_losses(exp, state, train_step, batches) -> np.ndarray:
+    """[steps, batch] per-sample losses of `train_step` from `state` over `batches`, each sharded on the mesh."""
+    out = []
+    for batch in batches:
+        state, _, per_sample = train_step(
+            state, sharding.shard_batch(exp.mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
+        out.append(np.asarray(per_sample))
+    return np.stack(out)
+
+
 def test_one_device_equals_eight(smoke_config):
     # The DINOv2 objective, a superset of DINO's step: iBOT masks, Sinkhorn-Knopp and KoLeo all reduce over the
     # global batch, so 8 devices must train what 1 does.
@@ -134,13 +144,7 @@ def test_one_device_equals_eight(smoke_config):
     for n in (1, 8):
         config.num_devices = n
         exp = Experiment.build(run_spec(config), num_samples=len(source))
-        state, train_step = exp.init_state(), exp.compile_train_step(np.uint8)
-        out = []
-        for batch in batches:
-            state, metrics, per_sample = train_step(
-                state, sharding.shard_batch(exp.mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
-            out.append(np.asarray(per_sample))
-        losses[n] = np.stack(out)
+        losses[n] = _per_sample_losses(exp, exp.init_state(), exp.compile_train_step(np.uint8), batches)
     np.testing.assert_allclose(losses[1], losses[8], rtol=2e-4, atol=2e-4)
 
 
@@ -163,12 +167,7 @@ def test_fsdp_trains_what_data_parallel_trains_with_less_memory_per_device(smoke
         assert kernel.addressable_shards[0].data.shape == ((32, 128) if fsdp == 1 else (32, 16))
         train_step = exp.compile_train_step(np.uint8)
         memory[fsdp] = train_step.memory_analysis().argument_size_in_bytes
-        out = []
-        for batch in batches:
-            state, _, per_sample = train_step(
-                state, sharding.shard_batch(exp.mesh, {k: batch[k] for k in ("image", "sample_id", "weight")}))
-            out.append(np.asarray(per_sample))
-        losses[fsdp] = np.stack(out)
+        losses[fsdp] = _per_sample_losses(exp, state, train_step, batches)
     np.testing.assert_allclose(losses[1], losses[8], rtol=2e-4, atol=2e-4)
     assert memory[8] < 0.5 * memory[1], memory
 

@@ -319,8 +319,9 @@ def run_all(config, workdir: pathlib.Path) -> dict[str, Any]:
     return raw
 
 
-def _same_evals(a, b) -> bool:
-    return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+def _as_json(evals) -> dict[str, Any]:
+    """Evaluator configs as stored in JSON (tuples as lists), so a stored and a current one compare."""
+    return json.loads(json.dumps(evals.to_dict()))
 
 
 def _evaluation(run_dir: pathlib.Path, evals) -> dict[str, Any]:
@@ -331,10 +332,10 @@ def _evaluation(run_dir: pathlib.Path, evals) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     stored = workdir_lib.stored_config(run_dir)
     own = {"final": summary["final"], "evaluated": summary["evaluated"], "at_init": summary.get("at_init")}
-    if stored is None or _same_evals(stored.evals, evals):
+    wanted = _as_json(evals)
+    if stored is None or _as_json(stored.evals) == wanted:
         return own
     path = run_dir / EVALUATION_FILE
-    wanted = json.loads(json.dumps(evals.to_dict()))
     if path.is_file() and (done := json.loads(path.read_text()))["evals"] == wanted:
         return done
     c = stored.copy_and_resolve_references()
@@ -471,7 +472,7 @@ def table(raw: dict[str, Any], config) -> str:
 
 def _reevaluated_note(raw: dict[str, Any]) -> str:
     runs = [r for k, r in raw["runs"].items() if not k.startswith("at_init/")]
-    again = sum(r.get("reevaluated", False) for r in runs)
+    again = sum(r["reevaluated"] for r in runs)
     if not again:
         return ""
     return (f" {again} of the {len(runs)} runs were trained under other evaluators: their final teachers (and "

@@ -212,7 +212,7 @@ class Manifest:
 
     Attributes:
       mission: e.g. S1B.
-      mode: IW, EW, SM (stripmap, swaths s1..s6) or WV.
+      mode: IW, EW, SM (strip map, swaths s1..s6) or WV.
       product_type: SLC or GRD.
       ipf_version: the processor version, e.g. 003.31.
       checksums: MD5 (lower-case hex) of each data object, by path relative to the product folder.
