@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
     )
     c.model = dict(
-        variant=arg.variant,       # ViT variant string: Ti/16, S/16, S/8, B/16, B/8, mu/8 (tiny)
+        variant=arg.variant,       # ViT variant string: Ti/16, S/16, S/8, B/16, B/8, mu/8 (tiny); or R50 (ResNet)
         in_channels=1,             # VV only
         drop_path_rate=0.0,        # stochastic depth; tiny nets do not need it
         layer_scale=0.0,           # LayerScale init (DINOv2: 1e-5); 0 = none, as DINO and every release so far

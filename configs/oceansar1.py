@@ -3,7 +3,8 @@ r"""The OceanSAR-1 recipe: DINO ViT on 1-channel VV Sentinel-1 WV vignettes at 2
     python launch.py --config=configs/oceansar1.py                 # ViT-S/16
     python launch.py --config=configs/oceansar1.py:variant=S/8     # ViT-S/8
     python launch.py --config=configs/oceansar1.py:variant=B/8     # ViT-B/8
-    python launch.py --config=configs/oceansar1.py:smoke           # tiny, for tests
+    python launch.py --config=configs/oceansar1.py:variant=R50     # ResNet-50, OceanSAR-1's baseline
+    python launch.py --config=configs/oceansar1.py:smoke           # tiny, for tests (smoke,variant=R50: a toy ResNet)
 
 DINO hyperparameters follow DINO's ViT recipe (arXiv 2104.14294): 2 x 224 global crops (0.4-1), 8 x 96 local
 crops (0.05-0.4), tau_s 0.1, tau_t 0.04 -> 0.07 over 30 epochs' worth of examples, base lr 5e-4 per
@@ -11,6 +12,10 @@ crops (0.05-0.4), tau_s 0.1, tau_t 0.04 -> 0.07 over 30 epochs' worth of example
 frozen for one epoch, drop path 0.1. OceanSAR-1 reports TenGeoP linear-probe accuracy 78.6 % (S/16),
 82.1 % (S/8), 83.6 % (B/8) after pretraining on ~12 M real WV images; the embedded simulator is a
 stand-in until a WV archive is pointed to with --config.data.source=tfds or wv_files.
+
+A ResNet (`variant=R50`) takes DINO's ResNet-50 crop scales (global 0.14-1, local 0.05-0.14) and no stochastic
+depth; the optimizer stays AdamW with the ViT's schedules (DINO trains its ResNet-50 with SGD or LARS, which
+oceansar does not implement).
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.num_samples = arg.num_samples    # simulated pool (12 M real images in the paper)
     c.data.image_size = 256                 # 50 m pixels, 256 x 256 input (model card)
     c.model.variant = arg.variant
-    c.model.drop_path_rate = 0.1            # DINO ViT-S recipe
+    resnet = arg.variant.startswith("R")
+    c.model.drop_path_rate = 0.0 if resnet else 0.1   # DINO ViT-S recipe (no stochastic depth in a ResNet)
     c.model.out_dim = 65536                 # DINO prototypes
     c.model.hidden_dim = 2048
     c.model.bottleneck_dim = 256
@@ -36,8 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.crops.global_size = 224
     c.crops.local_size = 96
     c.crops.n_local = 8
-    c.crops.global_scale = (0.4, 1.0)
-    c.crops.local_scale = (0.05, 0.4)
+    c.crops.global_scale = (0.14, 1.0) if resnet else (0.4, 1.0)    # DINO's ResNet-50 and ViT recipes
+    c.crops.local_scale = (0.05, 0.14) if resnet else (0.05, 0.4)
     c.crops.db_offset = 0.4
     c.crops.contrast = (0.6, 1.4)
     c.crops.blur_sigma = (0.1, 2.0)
@@ -79,13 +85,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.worker_count = 0
         c.pruning.subset_size = 64
         c.pruning.n_clusters = (8, 2)
-        c.model.variant = "mu/8"
+        c.model.variant = "Rmu" if resnet else "mu/8"
         c.model.dtype = "float32"
         c.model.out_dim = 64
         c.model.hidden_dim = 32
         c.model.bottleneck_dim = 16
         c.crops.global_size = 24
         c.crops.local_size = 16
+        if resnet:  # crops are multiples of the ResNet's stride, 32
+            c.data.image_size, c.crops.global_size, c.crops.local_size = 64, 64, 32
         c.crops.n_local = 2
         c.batch_size = 16
         c.total_examples = 16 * 6

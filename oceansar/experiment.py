@@ -120,13 +120,13 @@ class Experiment:
         mesh = sharding.make_mesh(spec.num_devices or None, spec.mesh.fsdp)
         tx = optim_lib.make_optimizer(spec.optim)
         model = nnx.eval_shape(lambda: state_lib.build_model(spec))
-        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, _, rest = nnx.split(model, state_lib.STATE_VARIABLES, ...)
         if jax.tree.leaves(rest):  # the step closes over `rest`: it must hold no arrays of its own
-            raise NotImplementedError("models with non-parameter variables (e.g. batch statistics)")
+            raise NotImplementedError(f"models with variables other than {state_lib.STATE_VARIABLES}")
         abstract = jax.eval_shape(lambda: state_lib.init_state(spec, num_samples=num_samples, tx=tx)[2])
         evaluators = {name: _evaluator(spec, name, e, tokenizer) for name, e in spec.evals.items()}
         return cls(spec=spec, num_samples=num_samples, mesh=mesh, budget=step_lib.Budget.from_spec(spec), tx=tx,
-                   graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, nnx.Param)[0],
+                   graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, state_lib.STATE_VARIABLES)[0],
                    abstract_state=_state_shaped(abstract, mesh, spec.mesh.fsdp_min_size), evaluators=evaluators,
                    tokenizer=tokenizer)
 

@@ -1,4 +1,4 @@
-"""FLOP accounting for DINO pretraining: analytic matmul FLOPs of the ViT, the DINO head and the multi-crop, and an
+"""FLOP accounting for DINO pretraining: analytic matmul FLOPs of the ViT (or ResNet), the DINO head and the multi-crop, and an
 exact count of the matmul FLOPs of any traced JAX program.
 
 Conventions: 2 FLOPs per multiply-accumulate, and only matrix multiplies and convolutions count (LayerNorm, softmax,
@@ -15,6 +15,8 @@ from typing import Any
 
 from jax.extend import core as jex_core
 
+from oceansar.models import resnet
+from oceansar.models.backbone import describe
 from oceansar.models.vit import parse_variant
 
 
@@ -63,6 +65,37 @@ def vit_forward_flops(variant: str, img_size: int, *, in_channels: int) -> int:
     return 2 * (patch_embed + depth * per_block)
 
 
+def resnet_forward_flops(variant: str, img_size: int, *, in_channels: int) -> int:
+    """Matmul FLOPs of one ResNet backbone forward on one img_size x img_size image: 2 k^2 C_in C_out H_out W_out
+    summed over its convolutions (the stem, each bottleneck's three and its projection shortcut), at the spatial
+    sizes torch's padding gives."""
+    v = resnet.parse_variant(variant)
+    out = lambda h, k, s: (h + 2 * ((k - 1) // 2) - k) // s + 1  # noqa: E731
+
+    def conv(h, k, s, c_in, c_out):
+        return 2 * k * k * c_in * c_out * out(h, k, s) ** 2, out(h, k, s)
+
+    total, h = conv(img_size, 7, 2, in_channels, v["stem"])
+    h, c = out(h, 3, 2), v["stem"]  # the max pool
+    for i, (blocks, planes) in enumerate(zip(v["layers"], v["channels"])):
+        for j in range(blocks):
+            stride = 2 if i > 0 and j == 0 else 1
+            f1, _ = conv(h, 1, 1, c, planes)
+            f2, h2 = conv(h, 3, stride, planes, planes)
+            f3, _ = conv(h2, 1, 1, planes, planes * resnet.EXPANSION)
+            shortcut = conv(h, 1, stride, c, planes * resnet.EXPANSION)[0] if stride != 1 or c != planes * resnet.EXPANSION \
+                else 0
+            total += f1 + f2 + f3 + shortcut
+            h, c = h2, planes * resnet.EXPANSION
+    return total
+
+
+def backbone_forward_flops(variant: str, img_size: int, *, in_channels: int) -> int:
+    """Matmul FLOPs of one backbone forward (ViT or ResNet, by its variant) on one image."""
+    fn = resnet_forward_flops if describe(variant)["kind"] == "resnet" else vit_forward_flops
+    return fn(variant, img_size, in_channels=in_channels)
+
+
 def head_forward_flops(in_dim: int, *, hidden_dim: int, bottleneck_dim: int, out_dim: int, nlayers: int) -> int:
     """Matmul FLOPs of one DINO head forward on one feature vector: the MLP to the bottleneck, then the prototypes."""
     dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
@@ -72,8 +105,8 @@ def head_forward_flops(in_dim: int, *, hidden_dim: int, bottleneck_dim: int, out
 
 def dino_model_forward_flops(model_config: Any, img_size: int, *, nlayers: int) -> int:
     """Matmul FLOPs of one `DINOModel` forward (backbone + head on the CLS token) on one crop."""
-    width = parse_variant(model_config.variant)["width"]
-    return (vit_forward_flops(model_config.variant, img_size, in_channels=model_config.in_channels)
+    width = describe(model_config.variant)["width"]
+    return (backbone_forward_flops(model_config.variant, img_size, in_channels=model_config.in_channels)
             + head_forward_flops(width, hidden_dim=model_config.hidden_dim,
                                  bottleneck_dim=model_config.bottleneck_dim, out_dim=model_config.out_dim,
                                  nlayers=nlayers))
@@ -105,7 +138,7 @@ def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int, patch
         their sum, all per sample.
     """
     c = crops_config
-    width = parse_variant(model_config.variant)["width"]
+    width = describe(model_config.variant)["width"]
     patch_head = patch_tokens * head_forward_flops(
         width, hidden_dim=model_config.hidden_dim, bottleneck_dim=model_config.bottleneck_dim,
         out_dim=patch_out_dim or model_config.out_dim, nlayers=nlayers) if patch_tokens else 0

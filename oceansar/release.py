@@ -3,7 +3,8 @@
 A release directory is a Hugging Face-style model folder:
 
 - `model.safetensors`: the teacher ViT's weights under timm's `VisionTransformer` names, in torch layout
-  (`oceansar.models.timm_layout`), so `timm.create_model("local-dir:<release>", pretrained=True)`, a
+  (`oceansar.models.timm_layout`; a ResNet's weights and batch statistics under timm's `resnet50` names,
+  `oceansar.models.resnet_layout`), so `timm.create_model("local-dir:<release>", pretrained=True)`, a
   `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...), in_chans=1, ...)` or a plain
   `load_state_dict` takes it.
 - `config.json`: timm's hub config (`architecture`, `model_args`, `pretrained_cfg` with the input size, mean and
@@ -33,9 +34,12 @@ from flax import nnx
 from oceansar import embedding
 from oceansar.data.synthetic import DB_RANGE
 from oceansar.errors import DataError, DataNotFoundError
-from oceansar.models import timm_layout
-from oceansar.models.vit import ViT, parse_variant
+from oceansar.models import resnet_layout, timm_layout
+from oceansar.models.backbone import describe, make_backbone
+from oceansar.models.resnet import ResNet
+from oceansar.models.vit import ViT
 from oceansar.spec import RunSpec
+from oceansar.train.state import STATE_VARIABLES
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -57,9 +61,26 @@ _TIMM_NAMES = {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_small_patch
 
 
 def _timm_architecture(variant: str) -> str:
+    if describe(variant)["kind"] == "resnet":
+        return {"R50": "resnet50"}.get(variant, "resnet26")  # the toy spells out its sizes in `model_args`
     size, patch = variant.split("/")
     name = f"vit_{_TIMM_SIZE.get(size, 'small')}_patch{patch}_224"
     return name if name in _TIMM_NAMES else "vit_small_patch16_224"
+
+
+def _title(variant: str) -> str:
+    """The backbone as a model card names it: "ViT-S/16", "ResNet-50"."""
+    return f"ResNet-{variant[1:]}" if describe(variant)["kind"] == "resnet" else f"ViT-{variant}"
+
+
+def _layout(variant: str):
+    """The module mapping the variant's backbone to and from timm's names."""
+    return resnet_layout if describe(variant)["kind"] == "resnet" else timm_layout
+
+
+def _like_layout(like: dict[str, Any]):
+    """The layout module of a backbone's pure dict, told by its top-level names."""
+    return resnet_layout if "layer1" in like else timm_layout
 
 
 def _ours(run: RunSpec) -> dict[str, Any]:
@@ -86,24 +107,31 @@ def _ours(run: RunSpec) -> dict[str, Any]:
 def _hub_config(ours: dict[str, Any], *, num_classes: int = 0, label_names: list[str] | None = None
                 ) -> dict[str, Any]:
     """`config.json`: timm's hub config around the `oceansar` block."""
-    arch = parse_variant(ours["variant"])
+    arch = describe(ours["variant"])
     size, channels = ours["img_size"], ours["in_channels"]
-    model_args = {"img_size": size, "patch_size": arch["patch"], "in_chans": channels, "embed_dim": arch["width"],
-                  "depth": arch["depth"], "num_heads": arch["heads"], "mlp_ratio": arch["mlp_dim"] / arch["width"],
-                  "num_classes": num_classes, "global_pool": "token"}
-    if ours.get("layer_scale"):
-        model_args["init_values"] = ours["layer_scale"]
+    resnet = arch["kind"] == "resnet"
+    if resnet:
+        model_args = {"in_chans": channels, "num_classes": num_classes, "global_pool": "avg"}
+        if ours["variant"] not in ("R50", "R26"):
+            model_args |= {"layers": list(arch["layers"]), "channels": list(arch["channels"])}
+    else:
+        model_args = {"img_size": size, "patch_size": arch["patch"], "in_chans": channels, "embed_dim": arch["width"],
+                      "depth": arch["depth"], "num_heads": arch["heads"], "mlp_ratio": arch["mlp_dim"] / arch["width"],
+                      "num_classes": num_classes, "global_pool": "token"}
+        if ours.get("layer_scale"):
+            model_args["init_values"] = ours["layer_scale"]
     config = {
         "architecture": _timm_architecture(ours["variant"]),
         "num_classes": num_classes,
         "num_features": arch["width"],
-        "global_pool": "token",
+        "global_pool": model_args["global_pool"],
         "model_args": model_args,
         "pretrained_cfg": {
             "tag": f"oceansar_{ours['recipe']}", "custom_load": False, "input_size": [channels, size, size],
-            "fixed_input_size": True, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
+            "fixed_input_size": not resnet, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
             "mean": [ours["input_mean"]] * channels, "std": [ours["input_std"]] * channels, "num_classes": num_classes,
-            "pool_size": None, "first_conv": "patch_embed.proj", "classifier": "head",
+            "pool_size": [size // arch["patch"]] * 2 if resnet else None,
+            "first_conv": "conv1" if resnet else "patch_embed.proj", "classifier": "fc" if resnet else "head",
         },
         "oceansar": ours,
     }
@@ -121,7 +149,7 @@ def _card(config: dict[str, Any], training: list[str], summary: dict[str, Any] |
                "mapped linearly onto 0-255 (values outside clip)" if ours.get("sigma0_db_range") else ""))
     args = config["model_args"]
     lines = [
-        f"# oceansar `{ours['recipe']}`: ViT-{ours['variant']} ({config['architecture']} layout)", "",
+        f"# oceansar `{ours['recipe']}`: {_title(ours['variant'])} ({config['architecture']} layout)", "",
         f"{what} ({ours['in_channels']} input channel(s), {ours['img_size']} px).", "",
         "## Load", "",
         "```python",
@@ -131,7 +159,7 @@ def _card(config: dict[str, Any], training: list[str], summary: dict[str, Any] |
         f'pretrained_cfg_overlay=dict(file="model.safetensors"),',
         "#         " + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")",
         "```", "",
-        "In JAX: `oceansar.release.load(path)` (the Flax ViT) or `oceansar.release.embedder(path)`.", "",
+        "In JAX: `oceansar.release.load(path)` (the Flax backbone) or `oceansar.release.embedder(path)`.", "",
         f"Input: {norm}.", "",
         "## Training", "",
         *[f"- {line}" for line in training],
@@ -181,7 +209,7 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec
     backbone = jax.device_get(nnx.to_pure_dict(teacher_params["backbone"]))
     config = _hub_config(_ours(spec))
     meta = {"oceansar_variant": spec.model.variant, "oceansar_recipe": spec.name}
-    timm_layout.write_safetensors(path / WEIGHTS_FILE, timm_layout.to_timm(backbone), meta)
+    timm_layout.write_safetensors(path / WEIGHTS_FILE, _layout(spec.model.variant).to_timm(backbone), meta)
     if spec.ibot.enabled:
         timm_layout.write_safetensors(path / EXTRA_FILE, {"mask_token": backbone["mask_token"]}, meta)
     if spec.text.enabled:
@@ -198,8 +226,9 @@ def export(path: str | pathlib.Path, *, teacher_params: nnx.State, spec: RunSpec
                                                  else f", {spec.data.num_samples} images"),
                 f"curation: pruning policy `{spec.pruning.policy}`"]
     (path / CARD_FILE).write_text(_card(config, training, summary, _command(), what=(
-        f"A self-supervised ViT-{spec.model.variant} backbone trained by oceansar's `{spec.name}` recipe; features: "
-        "the CLS token after the final LayerNorm")))
+        f"A self-supervised {_title(spec.model.variant)} backbone trained by oceansar's `{spec.name}` recipe; "
+        "features: " + ("the globally average-pooled last stage (batch norm by its running statistics)"
+                        if spec.model.kind == "resnet" else "the CLS token after the final LayerNorm"))))
     return path
 
 
@@ -229,7 +258,9 @@ def export_finetuned(path: str | pathlib.Path, *, params: dict[str, Any], backbo
     kernel, bias = np.asarray(params["head"]["kernel"], np.float32), np.asarray(params["head"]["bias"], np.float32)
     if task == "regression":
         kernel, bias = kernel * target_std, bias * target_std + target_mean
-    state = timm_layout.to_timm(params["backbone"]) | {"head.weight": kernel.T.copy(), "head.bias": bias}
+    head = "fc" if describe(backbone["variant"])["kind"] == "resnet" else "head"
+    state = _layout(backbone["variant"]).to_timm(params["backbone"]) | {f"{head}.weight": kernel.T.copy(),
+                                                                         f"{head}.bias": bias}
     labels = class_names if task == "classification" else targets
     ours = {k: v for k, v in backbone.items() if k != "text"} | {
         "recipe": recipe, "input_scale": INPUT_SCALE, "features": "cls", "task": task,
@@ -238,7 +269,7 @@ def export_finetuned(path: str | pathlib.Path, *, params: dict[str, Any], backbo
     timm_layout.write_safetensors(path / WEIGHTS_FILE, state, {"oceansar_variant": ours["variant"],
                                                                "oceansar_recipe": recipe})
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    what = (f"ViT-{ours['variant']} fine-tuned for {task} of " + (f"{len(labels)} classes" if task == "classification"
+    what = (f"{_title(ours['variant'])} fine-tuned for {task} of " + (f"{len(labels)} classes" if task == "classification"
                                                                   else ", ".join(targets)))
     training = [f"fine-tuned by oceansar's `{recipe}` recipe ({summary['mode']}), {summary['epochs']} epochs on "
                 f"{summary['train_records']} records", f"initialised from `{summary['init_from'] or 'random'}`"]
@@ -289,7 +320,8 @@ def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = 
     """A backbone's weights as a pure dict shaped like `like` (a backbone's pure dict), with what was done.
 
     `path` is an oceansar release, any model folder holding `model.safetensors` (timm, Hugging Face) or a
-    `.safetensors` file, in timm's, DINO's / DINOv2's or transformers' ViT layout (`timm_layout.from_timm`): input
+    `.safetensors` file, in timm's, DINO's / DINOv2's or transformers' ViT layout (`timm_layout.from_timm`), or for a
+    ResNet timm's or torchvision's (`resnet_layout.from_timm`, batch-norm running statistics included): input
     channels and the position grid are adapted to `like`'s, heads skipped, the iBOT mask token created when absent.
 
     Raises:
@@ -302,32 +334,34 @@ def load_params(path: str | pathlib.Path, *, like: dict[str, Any], field: str = 
         state = timm_layout.read_safetensors(file)
         if (file.parent / EXTRA_FILE).is_file() and file.name == WEIGHTS_FILE:
             state |= timm_layout.read_safetensors(file.parent / EXTRA_FILE)
-        return timm_layout.from_timm(state, jax.tree.map(np.asarray, like), source=str(file))
+        return _like_layout(like).from_timm(state, jax.tree.map(np.asarray, like), source=str(file))
     except ValueError as e:
         raise DataError(f"{field}: {e}") from None
 
 
-def load(path: str | pathlib.Path) -> tuple[ViT, dict[str, Any]]:
+def load(path: str | pathlib.Path) -> tuple[ViT | ResNet, dict[str, Any]]:
     """Restores a released backbone.
 
     Returns:
-      (vit, spec): the `ViT` module with the released weights, and the `oceansar` block of `config.json`
-      (variant, input standardisation). Call `vit(x)["cls"]` on standardised [B,H,W,C] images.
+      (backbone, spec): the `ViT` or `ResNet` module with the released weights (and batch statistics), and the
+      `oceansar` block of `config.json` (variant, input standardisation). Call `backbone(x)["cls"]` on
+      standardised [B,H,W,C] images.
 
     Raises:
       DataNotFoundError: `path` is no release directory.
     """
     path = pathlib.Path(path).absolute()
     spec = read_config(path)
-    vit = ViT(spec["variant"], img_size=spec["img_size"], in_channels=spec["in_channels"],
-              layer_scale=spec.get("layer_scale", 0.0), rngs=nnx.Rngs(0))
-    _, params = nnx.split(vit, nnx.Param)
+    backbone = make_backbone(spec["variant"], img_size=spec["img_size"], in_channels=spec["in_channels"],
+                             layer_scale=spec.get("layer_scale", 0.0), dtype=np.float32, param_dtype=np.float32,
+                             rngs=nnx.Rngs(0))
+    _, params = nnx.split(backbone, STATE_VARIABLES)
     loaded, report = load_params(path, like=nnx.to_pure_dict(params))
     if report.adapted:  # our own file at our own shapes: anything adapted means the release is inconsistent
         raise DataError(f"release: {path} does not match its own config.json: {report.summary()}")
     nnx.replace_by_pure_dict(params, loaded)
-    nnx.update(vit, params)
-    return vit, spec
+    nnx.update(backbone, params)
+    return backbone, spec
 
 
 def embedder(path: str | pathlib.Path, *, l2_normalize: bool = False):
@@ -342,8 +376,8 @@ def embedder(path: str | pathlib.Path, *, l2_normalize: bool = False):
       DataNotFoundError: `path` is no release directory.
     """
     path = pathlib.Path(path).absolute()
-    vit, spec = load(path)
-    graphdef, params = nnx.split(vit, nnx.Param)
+    backbone, spec = load(path)
+    graphdef, params = nnx.split(backbone, STATE_VARIABLES)
     fn = embedding.make_embed_fn(graphdef, mean=spec["input_mean"], std=spec["input_std"], img_size=spec["img_size"],
                                  in_channels=spec["in_channels"], l2_normalize=l2_normalize,
                                  owner=f"the release {path}")

@@ -21,8 +21,8 @@ from oceansar.augment import MultiCropSpec
 from oceansar.data.duplication import SCHEMES as DUPLICATION_SCHEMES
 from oceansar.data.safe import POLARISATIONS as SAFE_POLARISATIONS
 from oceansar.errors import ConfigError
+from oceansar.models.backbone import describe
 from oceansar.models.vit import _SIZES as VIT_SIZES
-from oceansar.models.vit import parse_variant
 
 SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds", "captions", "safe")
 EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship", "captions", "safe")
@@ -206,7 +206,7 @@ class DataSpec:
 class ModelSpec:
     """The student/teacher architecture (`config.model`)."""
 
-    variant: str               # ViT variant string, e.g. S/16, mu/8
+    variant: str               # ViT variant string, e.g. S/16, mu/8, or a ResNet's, R50
     in_channels: int
     drop_path_rate: float
     layer_scale: float         # LayerScale init (DINOv2, arXiv 2103.17239); 0 = none
@@ -219,9 +219,13 @@ class ModelSpec:
 
     def __post_init__(self):
         try:
-            parse_variant(self.variant)
+            kind = describe(self.variant)["kind"]
         except ValueError as e:  # its message starts "model.variant: ..."; `build` adds "config.model."
             raise ValueError(str(e).removeprefix("model.")) from None
+        if kind == "resnet":
+            for name, default in (("drop_path_rate", 0.0), ("layer_scale", 0.0), ("remat", "none")):
+                _require(getattr(self, name) == default, name,
+                         f"{getattr(self, name)!r} is a ViT option; the ResNet {self.variant!r} takes {default!r}")
         for name in ("in_channels", "out_dim", "hidden_dim", "bottleneck_dim"):
             _require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         _require(0 <= self.drop_path_rate < 1, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
@@ -231,7 +235,13 @@ class ModelSpec:
 
     @property
     def patch(self) -> int:
-        return parse_variant(self.variant)["patch"]
+        """The ViT's patch size; a ResNet's output stride (crops are multiples of it)."""
+        return describe(self.variant)["patch"]
+
+    @property
+    def kind(self) -> str:
+        """The backbone family: "vit" or "resnet"."""
+        return describe(self.variant)["kind"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,6 +575,12 @@ class RunSpec:
                 fail(field, f"{size} exceeds data.image_size {self.data.image_size}")
         if self.crops.n_global != 2:
             fail("crops.n_global", "DINO uses exactly 2 global crops")
+        if self.model.kind == "resnet":
+            if self.ibot.enabled:
+                fail("ibot.weight", f"iBOT masks patch tokens, which the ResNet {self.model.variant!r} has none of: "
+                     "set ibot.weight = 0 or a ViT model.variant")
+            if self.text.enabled:
+                fail("text.enabled", f"the image tower of an image-text run is a ViT, not {self.model.variant!r}")
         if self.text.enabled:
             if self.data.source not in ("captions", "synthetic_wv"):
                 fail("text.enabled", f"image-text runs read the captions source or the simulator's generated "
@@ -635,7 +651,7 @@ class FinetuneModelSpec:
     def __post_init__(self):
         if self.variant:
             try:
-                patch = parse_variant(self.variant)["patch"]
+                patch = describe(self.variant)["patch"]
             except ValueError as e:  # its message starts "model.variant: ..."
                 raise ValueError(str(e).removeprefix("model.")) from None
             _require(self.img_size > 0 and self.img_size % patch == 0, "img_size",

@@ -43,7 +43,7 @@ def _compilation_cache(tmp_path_factory):
 # Modules that train and evaluate tiny models end to end: they only need their programs to run, and
 # XLA's optimisation passes cost them more compile time than they save in execution.
 END_TO_END = ("test_compare", "test_curate_cli", "test_dinov2", "test_experiment", "test_faults", "test_finetune",
-              "test_multiprocess", "test_policies", "test_train_loop", "test_wfa")
+              "test_multiprocess", "test_policies", "test_resnet", "test_train_loop", "test_wfa")
 
 
 @pytest.fixture(scope="module", autouse=True)

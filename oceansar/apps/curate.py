@@ -34,7 +34,7 @@ from oceansar.data import sources
 from oceansar.data.selection import Selection
 from oceansar.errors import ConfigError, DataError, DataNotFoundError
 from oceansar.evals import features as features_lib
-from oceansar.models.vit import parse_variant
+from oceansar.models.backbone import describe
 from oceansar.spec import DataSpec, EvalSpec, build
 
 RECIPES = ("hkmeans", "semdedup", "rs_prune", "captions")
@@ -262,7 +262,7 @@ def _reference(config, pool: _Pool, mesh, timings: dict) -> tuple[np.ndarray, np
         raise ConfigError("config.rs_prune.reference: set embeddings (+ labels), or release (or embed the pool "
                          "with --mode=embed, whose embed.json names the release)")
     spec = release.read_config(release_dir, "config.rs_prune.reference.release")
-    width = parse_variant(spec["variant"])["width"]
+    width = describe(spec["variant"])["width"]
     if width != pool.x.shape[1]:
         raise DataError(f"dimension mismatch: config.embeddings {pool.path} has d={pool.x.shape[1]} but the "
                          f"reference release {release_dir} ({spec['variant']}) embeds to d={width}")

@@ -1,7 +1,7 @@
 """`launch.py --mode=finetune`: a pretrained backbone plus a linear head, trained on a labelled dataset.
 
 The backbone comes from `config.init_from`: an oceansar release (which brings its variant, resolution and input
-scale) or any timm / DINO / DINOv2 / transformers ViT file (`config.finetune.model` then says what it is), loaded
+scale) or any timm / DINO / DINOv2 / transformers ViT file (timm / torchvision ResNet file) (`config.finetune.model` then says what it is), loaded
 with a report of every tensor. `config.finetune` chooses the task (classification of the records' label, or
 regression of record fields such as wind speed and Hs), full fine-tuning with layer-wise learning-rate decay or a
 linear probe, and the labelled source (the evaluators' sources: the simulator's splits, class folders, TFDS,
@@ -36,12 +36,13 @@ from oceansar.errors import ConfigError, DataNotFoundError
 from oceansar.evals.knn import bootstrap_classification
 from oceansar.evals.probes import regression_scores
 from oceansar.metrics import MetricWriter
+from oceansar.models.backbone import describe
 from oceansar.models.classifier import Classifier
-from oceansar.models.vit import parse_variant
 from oceansar.spec import FinetuneSpec, build
 from oceansar.train import finetune_step
 from oceansar.train.loop import NonFiniteLossError
 from oceansar.train.preemption import Preempted, Preemption
+from oceansar.train.state import STATE_VARIABLES
 
 
 def finetune_spec(config) -> FinetuneSpec:
@@ -62,7 +63,7 @@ def _backbone(config, spec: FinetuneSpec) -> dict[str, Any]:
     if not m.variant:
         raise ConfigError("config.finetune.model.variant: empty, and config.init_from is no oceansar release that "
                           "would name it")
-    parse_variant(m.variant)
+    describe(m.variant)
     return {"variant": m.variant, "img_size": m.img_size, "in_channels": m.in_channels, "layer_scale": m.layer_scale,
             "input_mean": m.mean, "input_std": m.std,
             "sigma0_db_range": list(DB_RANGE) if spec.data.source in ("synthetic_wv", "opensarship", "safe") else None}
@@ -158,7 +159,7 @@ def _build(config, spec: FinetuneSpec, backbone: dict[str, Any], data: _Data, me
     model = Classifier(backbone["variant"], img_size=backbone["img_size"], in_channels=backbone["in_channels"],
                        outputs=data.outputs, layer_scale=backbone.get("layer_scale", 0.0),
                        drop_path_rate=spec.drop_path_rate, rngs=nnx.Rngs(config.seed))
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params = nnx.split(model, STATE_VARIABLES)
     report = None
     if config.init_from:
         pure = nnx.to_pure_dict(params)
@@ -166,7 +167,8 @@ def _build(config, spec: FinetuneSpec, backbone: dict[str, Any], data: _Data, me
                                                        field="config.init_from")
         nnx.replace_by_pure_dict(params, pure)
         logging.warning("config.init_from: %s", report.summary())
-    tx, schedule = finetune_step.make_optimizer(spec, params, depth=parse_variant(backbone["variant"])["depth"],
+    arch = describe(backbone["variant"])
+    tx, schedule = finetune_step.make_optimizer(spec, params, depth=arch["depth"], stage_blocks=arch.get("layers", ()),
                                                 steps_per_epoch=data.steps_per_epoch)
     state = finetune_step.FinetuneState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                                         rng=jax.random.PRNGKey(config.seed + 1))
@@ -243,6 +245,9 @@ def finetune(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
         print(f"{workdir} is a finished fine-tuning run; its results are in {workdir / workdir_lib.SUMMARY_FILE}")
         return done
     backbone = _backbone(config, spec)
+    if describe(backbone["variant"])["kind"] == "resnet" and spec.drop_path_rate:
+        raise ConfigError(f"config.finetune.drop_path_rate: {spec.drop_path_rate} is stochastic depth, a ViT option; "
+                          f"the ResNet {backbone['variant']!r} takes 0")
     if jax.process_count() > 1:  # every process would feed the whole batch: slicing it per process is not built
         raise ConfigError("config.finetune: --mode=finetune runs in one process (its labelled sets are small)")
     mesh = sharding.make_mesh(config.num_devices or None)

@@ -1,9 +1,9 @@
 """DINO projection head and the backbone+head model that student and teacher each instantiate.
 
 `DINOHead` is DINO's head: a GELU MLP to a bottleneck, L2 normalisation, then a weight-normalised linear layer with
-no bias whose columns are the prototypes. `DINOModel` runs the ViT and the head on a stack of crops of one resolution
-([n_crops, B, H, W, C]), so the global and local stacks are two calls with two static shapes. For iBOT it also runs a
-head on gathered patch tokens: the same head (iBOT's `shared_head`, DINOv2's default) or a separate `ibot_head`.
+no bias whose columns are the prototypes. `DINOModel` runs the backbone (ViT or ResNet) and the head on a stack of
+crops of one resolution ([n_crops, B, H, W, C]), so the global and local stacks are two calls with two static shapes.
+For iBOT (ViT only) it also runs a head on gathered patch tokens: the same head (iBOT's `shared_head`, DINOv2's default) or a separate `ibot_head`.
 Losses, centering and the teacher EMA live elsewhere.
 
 The prototype layers' parameters live at `("head", "last_layer", ...)` and `("ibot_head", "last_layer", ...)` in a
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from oceansar.models.vit import ViT
+from oceansar.models.backbone import make_backbone
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -102,22 +102,22 @@ class DINOHead(nnx.Module):
 
 
 class DINOModel(nnx.Module):
-    """ViT backbone + DINO head (+ an optional separate iBOT patch head); the student and the teacher are two
-    instances of it."""
+    """Backbone (ViT or ResNet, `models.backbone`) + DINO head (+ an optional separate iBOT patch head); the student
+    and the teacher are two instances of it."""
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int = 1, out_dim: int = 65536,
                  hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True,
                  drop_path_rate: float = 0.0, layer_scale: float = 0.0, remat: str = "none", patch_out_dim: int = 0,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        """Builds backbone and heads (see `ViT` and `DINOHead` for the arguments).
+        """Builds backbone and heads (see `ViT`, `ResNet` and `DINOHead` for the arguments).
 
         Args:
             patch_out_dim: 0 runs patch tokens through the DINO head (shared); > 0 builds a separate `ibot_head`
                 with that many prototypes and the DINO head's other dimensions.
         """
-        self.backbone = ViT(variant, img_size=img_size, in_channels=in_channels, drop_path_rate=drop_path_rate,
-                            layer_scale=layer_scale, remat=remat, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs)
+        self.backbone = make_backbone(variant, img_size=img_size, in_channels=in_channels,
+                                      drop_path_rate=drop_path_rate, layer_scale=layer_scale, remat=remat, dtype=dtype,
+                                      param_dtype=param_dtype, rngs=rngs)
         head = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, nlayers=nlayers,
                     norm_last_layer=norm_last_layer, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.head = DINOHead(self.backbone.embed_dim, out_dim, **head)
@@ -125,16 +125,20 @@ class DINOModel(nnx.Module):
         self.out_dim = out_dim
 
     def __call__(self, crops: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
-                 masks: jax.Array | None = None, patch_positions: jax.Array | None = None) -> dict[str, jax.Array]:
+                 masks: jax.Array | None = None, patch_positions: jax.Array | None = None,
+                 use_running_average: bool | None = None) -> dict[str, jax.Array]:
         """Runs backbone and head on a stack of same-size crops.
 
         Args:
             crops: [n_crops, B, H, W, C], the layout `oceansar.augment.multicrop` returns. n_crops may be 0.
-            train: enables stochastic depth (student); the teacher runs with train=False.
+            train: enables stochastic depth (student) and batch statistics in a ResNet's batch norm; the teacher
+                runs with train=False.
             rngs: stochastic-depth randomness.
             masks: optional [n_crops, B, N] bool patch masks (iBOT): masked patch embeddings become the mask token.
             patch_positions: optional [n_crops, B, k] int patch indices whose tokens also go through the patch head
                 (`oceansar.masking.masked_positions`); the head never runs on all N patches.
+            use_running_average: a ResNet's batch norm by its running statistics (default: `not train`); DINO's
+                teacher passes False (its batch statistics, as the reference's teacher in train mode).
 
         Returns:
             {"logits": [n_crops, B, K] float32, "cls": [n_crops, B, D] backbone CLS after the final norm}, and
@@ -149,7 +153,8 @@ class DINOModel(nnx.Module):
         # Batch-major flattening keeps a batch sharded over devices contiguous per device after the reshape.
         flat = lambda a: jnp.swapaxes(a, 0, 1).reshape(b * n, *a.shape[2:])  # noqa: E731
         unflat = lambda a: jnp.swapaxes(a.reshape(b, n, *a.shape[1:]), 0, 1)  # noqa: E731
-        out = self.backbone(flat(crops), train=train, rngs=rngs, masks=None if masks is None else flat(masks))
+        out = self.backbone(flat(crops), train=train, rngs=rngs, masks=None if masks is None else flat(masks),
+                            use_running_average=use_running_average)
         result = {"logits": unflat(self.head(out["cls"])), "cls": unflat(out["cls"])}
         if patch_positions is not None:
             tokens = jnp.take_along_axis(out["patch"], flat(patch_positions)[..., None], axis=1)  # [b n, k, D]

@@ -88,15 +88,17 @@ class LoadReport:
         return text
 
 
-def _leaves(tree: Mapping, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+def leaves(tree: Mapping, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(path, leaf) of a nested mapping (a pure parameter dict), depth first in its order."""
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            yield from _leaves(value, path + (key,))
+            yield from leaves(value, path + (key,))
         else:
             yield path + (key,), value
 
 
-def _dotted(path: tuple) -> str:
+def dotted(path: tuple) -> str:
+    """A tree path as our dotted parameter name ("blocks.0.fc1.kernel")."""
     return ".".join(str(p) for p in path)
 
 
@@ -112,7 +114,7 @@ def _timm_name(path: tuple) -> str:
     if len(parts) >= 4 and parts[0] == "blocks" and parts[-1] in _TORCH_LEAF:
         module = "mlp." + parts[2] if parts[2] in ("fc1", "fc2") else ".".join(parts[2:-1])
         return f"blocks.{parts[1]}.{module}.{_TORCH_LEAF[parts[-1]]}"
-    raise ValueError(f"{_dotted(path)}: not a parameter of oceansar's ViT backbone; pass the backbone's pure dict "
+    raise ValueError(f"{dotted(path)}: not a parameter of oceansar's ViT backbone; pass the backbone's pure dict "
                      f"(nnx.to_pure_dict(nnx.state(vit, nnx.Param)))")
 
 
@@ -162,7 +164,7 @@ def to_timm(params: Mapping) -> dict[str, np.ndarray]:
         {timm name: contiguous numpy array}, in timm's order, in the parameters' dtype.
     """
     out = {}
-    for path, leaf in _leaves(params):
+    for path, leaf in leaves(params):
         if path == ("mask_token",):
             continue
         name = _timm_name(path)
@@ -170,7 +172,7 @@ def to_timm(params: Mapping) -> dict[str, np.ndarray]:
     return dict(sorted(out.items(), key=lambda item: _order(item[0])))
 
 
-def _strip(name: str) -> tuple[str, str]:
+def strip_prefixes(name: str) -> tuple[str, str]:
     """The name without wrapper prefixes, and the prefix taken off."""
     taken = ""
     while (prefix := next((p for p in _PREFIXES if name.startswith(p)), None)) is not None:
@@ -189,7 +191,7 @@ def _canonical(state: Mapping[str, Any], source: str) -> tuple[dict[str, np.ndar
     stripped: set[str] = set()
     names = {}
     for key in state:
-        name, prefix = _strip(key)
+        name, prefix = strip_prefixes(key)
         stripped.add(prefix)
         names[key] = name
     hf = any(n.startswith(("embeddings.", "encoder.layer.")) for n in names.values())
@@ -229,12 +231,13 @@ def _canonical(state: Mapping[str, Any], source: str) -> tuple[dict[str, np.ndar
     return tensors, origin, layout
 
 
-def _float32(x: Any) -> np.ndarray:
+def as_float32(x: Any) -> np.ndarray:
+    """A file tensor as a float32 numpy array (copied only when its dtype differs)."""
     x = np.asarray(x)
     return x.astype(np.float32) if x.dtype != np.float32 else x
 
 
-def _adapt_channels(w: np.ndarray, channels: int) -> tuple[np.ndarray, str]:
+def adapt_channels(w: np.ndarray, channels: int) -> tuple[np.ndarray, str]:
     """timm's `adapt_input_conv` on our [p, p, C_in, D] patch kernel: C_in filters -> `channels` filters."""
     c_in = w.shape[2]
     if channels == 1:
@@ -344,13 +347,13 @@ def from_timm(state: Mapping[str, Any], like: Mapping, *, source: str = "state d
             adaptation (another width, patch size or MLP ratio).
     """
     tensors, origin, layout = _canonical(state, source)
-    ours = list(_leaves(like))
+    ours = list(leaves(like))
     depth = len({path[1] for path, _ in ours if path[0] == "blocks"})
     file_depth = len({m.group(1) for n in tensors if (m := re.match(r"blocks\.(\d+)\.", n))})
     values: dict[tuple, Any] = {}
     loaded, created, adapted = [], [], {}
     for path, leaf in ours:
-        name, key, want = _timm_name(path), _dotted(path), tuple(leaf.shape)
+        name, key, want = _timm_name(path), dotted(path), tuple(leaf.shape)
         if name not in tensors:
             if path == ("mask_token",):
                 created.append(key)
@@ -363,10 +366,10 @@ def from_timm(state: Mapping[str, Any], like: Mapping, *, source: str = "state d
                     if name.startswith("norm.") and any(n.startswith("fc_norm.") for n in tensors) else
                     "the file is incomplete or another architecture")
             raise ValueError(f"{source}: no tensor {name} (our {key}, shape {want}); {hint}")
-        x = _from_torch(name, _float32(tensors[name]))
+        x = _from_torch(name, as_float32(tensors[name]))
         note = ""
         if path == ("patch_embed", "kernel") and x.ndim == 4 and x.shape[2] != want[2]:
-            x, note = _adapt_channels(x, want[2])
+            x, note = adapt_channels(x, want[2])
         elif path == ("pos_embed",) and x.shape != want:
             x, note = _adapt_pos_embed(x, want, source, origin[name])
         elif path == ("mask_token",) and x.shape != want and x.size == math.prod(want):

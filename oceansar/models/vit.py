@@ -200,7 +200,7 @@ class ViT(nnx.Module):
         return jnp.concatenate([cls_pos, grid_pos.reshape(1, h * w, -1)], axis=1)
 
     def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
-                 masks: jax.Array | None = None) -> dict[str, jax.Array]:
+                 masks: jax.Array | None = None, use_running_average: bool | None = None) -> dict[str, jax.Array]:
         """Runs the backbone.
 
         Args:
@@ -208,10 +208,12 @@ class ViT(nnx.Module):
             train: enables stochastic depth (needs `rngs` when drop_path_rate > 0).
             rngs: randomness for stochastic depth (its `dropout` stream, else `default`).
             masks: optional [B, N] bool, True where a patch embedding is replaced by the mask token.
+            use_running_average: ignored (the ViT has no batch norm); the ResNet's signature.
 
         Returns:
             {"cls": [B, D], "patch": [B, N, D]}, both after the final LayerNorm, float32.
         """
+        del use_running_average
         if x.ndim != 4:
             raise ValueError(f"ViT input must be [B, H, W, C], got shape {x.shape}")
         b, hh, ww, _ = x.shape

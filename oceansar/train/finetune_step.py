@@ -20,28 +20,34 @@ from flax import nnx, struct
 from oceansar import augment
 from oceansar.spec import FinetuneSpec
 from oceansar.train.schedules import warmup_cosine
+from oceansar.train.step import with_batch_stats
 
 
 class FinetuneState(struct.PyTreeNode):
     step: jax.Array          # int32: optimizer steps taken
-    params: Any              # the Classifier's nnx.State (Params)
+    params: Any              # the Classifier's nnx.State (Params, and a ResNet's batch statistics)
     opt_state: optax.OptState
     rng: jax.Array           # raw uint32 key; per-step keys are fold_in(rng, step)
 
 
-def _layer(path, depth: int) -> int:
-    """The layer id of a parameter: 0 for the embeddings, i + 1 for block i, depth + 1 for the final norm/head."""
+def _layer(path, depth: int, stage_blocks: tuple[int, ...]) -> int:
+    """The layer id of a parameter: 0 for the embeddings (a ResNet's stem), i + 1 for block i (a ResNet's blocks
+    counted across its stages), depth + 1 for the final norm and the head."""
     keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
     if keys[0] != "backbone":
         return depth + 1
     if keys[1] == "blocks":
         return int(keys[2]) + 1
+    if keys[1].startswith("layer") and stage_blocks:
+        return sum(stage_blocks[:int(keys[1][5:]) - 1]) + int(keys[2]) + 1
     return depth + 1 if keys[1] == "norm" else 0
 
 
-def layer_scales(params, *, depth: int, decay: float):
-    """Per-parameter multipliers of the update: `decay ** (depth + 1 - layer)` (see the module docstring)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: decay ** (depth + 1 - _layer(p, depth)), params)
+def layer_scales(params, *, depth: int, decay: float, stage_blocks: tuple[int, ...] = ()):
+    """Per-parameter multipliers of the update: `decay ** (depth + 1 - layer)` (see the module docstring);
+    `stage_blocks`: a ResNet's blocks per stage."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: decay ** (depth + 1 - _layer(p, depth, stage_blocks)), params)
 
 
 def _trainable(params, linear: bool):
@@ -57,7 +63,7 @@ def _decayed(params):
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(spec: FinetuneSpec, params, *, depth: int, steps_per_epoch: int
+def make_optimizer(spec: FinetuneSpec, params, *, depth: int, steps_per_epoch: int, stage_blocks: tuple[int, ...] = ()
                    ) -> tuple[optax.GradientTransformation, Callable]:
     """(tx, schedule): AdamW under a warm-up + cosine schedule, layer-wise decayed; the backbone frozen when linear.
 
@@ -66,6 +72,7 @@ def make_optimizer(spec: FinetuneSpec, params, *, depth: int, steps_per_epoch: i
       params: the Classifier's parameters (their structure labels the groups).
       depth: the backbone's block count.
       steps_per_epoch: steps of one pass over the training split.
+      stage_blocks: a ResNet's blocks per stage (its layer ids count blocks across stages).
     """
     schedule = lambda step: warmup_cosine(step, peak=spec.lr, end=spec.min_lr,  # noqa: E731
                                           warmup_steps=spec.warmup_epochs * steps_per_epoch,
@@ -74,7 +81,7 @@ def make_optimizer(spec: FinetuneSpec, params, *, depth: int, steps_per_epoch: i
     if spec.mode == "linear":  # the head alone: its scale is 1
         return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, _trainable(params, True)), \
             schedule
-    scales = layer_scales(params, depth=depth, decay=spec.layer_decay)
+    scales = layer_scales(params, depth=depth, decay=spec.layer_decay, stage_blocks=stage_blocks)
     return optax.chain(adamw, optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, scales))), \
         schedule
 
@@ -113,11 +120,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         def objective(params):
             model = nnx.merge(graphdef, params)
             outputs = model(x, train=not linear, rngs=nnx.Rngs(dropout=k_drop), frozen=linear)
-            return loss_fn(outputs, batch, spec)
+            return loss_fn(outputs, batch, spec), nnx.state(model, nnx.BatchStat)
 
-        loss, grads = jax.value_and_grad(objective)(state.params)
+        (loss, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        # A ResNet fine-tuned in full keeps the batch statistics its forward pass computed (they take no gradient).
+        params = with_batch_stats(optax.apply_updates(state.params, updates), stats)
         metrics = {"train/loss": loss, "train/lr": schedule(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

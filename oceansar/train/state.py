@@ -3,6 +3,9 @@
 The model is DINO's (backbone + heads) or, for an image-text run, the image-text model (both towers); the state
 has the same fields either way (an image-text run's centres stay zero and its teacher is a copy of the student).
 
+A ResNet's batch-norm running statistics travel in the same trees as the parameters (`STATE_VARIABLES`): they
+take no gradient, and the step overwrites them with the ones its own forward passes computed.
+
 Everything is one pytree (`TrainState`) so that the jitted step donates it whole, Orbax saves it
 whole, and sharding rules apply to it whole (replicated over the `data` axis). The NNX graph
 definition is split off once here and closed over by the step: no Python graph traversal per step.
@@ -22,10 +25,16 @@ from oceansar.pruning import loss_stats
 from oceansar.spec import RunSpec
 
 
+# The variables a train state carries per network: parameters and batch-norm running statistics (a ResNet's).
+# They travel together (one tree per network: checkpoints, shardings, the teacher's EMA, releases), and the step
+# replaces the statistics by the ones its forward passes computed (`train.step.with_batch_stats`).
+STATE_VARIABLES = (nnx.Param, nnx.BatchStat)
+
+
 class TrainState(struct.PyTreeNode):
     step: jax.Array          # int32: optimizer steps taken
-    params: Any              # student nnx.State (Params)
-    teacher: Any             # teacher nnx.State, EMA of the student, no gradients
+    params: Any              # student nnx.State (Params, and a ResNet's batch-norm statistics)
+    teacher: Any             # teacher nnx.State, EMA of the student's Params (its batch statistics its own)
     opt_state: optax.OptState
     center: jax.Array        # [K] EMA of the teacher CLS logits
     center_patch: jax.Array  # [K_patch] EMA of the teacher patch logits (iBOT's center2)
@@ -58,11 +67,11 @@ def init_state(run: RunSpec, *, num_samples: int, tx: optax.GradientTransformati
     """Builds the model and its initial TrainState.
 
     Returns:
-      (graphdef, rest, state): `graphdef` and `rest` (non-parameter variables, static) rebuild the
-      module with `nnx.merge(graphdef, params, rest)`.
+      (graphdef, rest, state): `graphdef` and `rest` (any other variables, static: none in our models) rebuild
+      the module with `nnx.merge(graphdef, params, rest)`.
     """
     model = build_model(run)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, rest = nnx.split(model, STATE_VARIABLES, ...)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -5,7 +5,9 @@ student's global crops (when `config.ibot.weight` > 0), student forward on the g
 shapes), teacher forward on the unmasked global crops, the teacher's targets (EMA centring or Sinkhorn-Knopp), the
 weighted per-sample objective (DINO's CLS loss + iBOT's masked-patch loss per image) plus KoLeo, per-tensor clipped
 AdamW with the prototype layers frozen at the start, teacher EMA, centres, and the scatter of the per-sample losses
-into the loss-statistics table. Schedules (lr, weight decay, teacher momentum: cosine or WSD; teacher temperatures)
+into the loss-statistics table. A ResNet's batch norm normalises the student's crops and the teacher's by their own
+batch statistics (the global batch's under sharding), and each network keeps the running statistics its forward
+passes computed. Schedules (lr, weight decay, teacher momentum: cosine or WSD; teacher temperatures)
 are computed here from the step count. With iBOT and KoLeo off this is DINO's step (arXiv 2104.14294); with both on
 it is DINOv2's objective (arXiv 2304.07193).
 """
@@ -94,6 +96,12 @@ def ema(momentum, teacher: jax.Array, student: jax.Array) -> jax.Array:
     return momentum * teacher + (1.0 - momentum) * student
 
 
+def with_batch_stats(params, stats):
+    """`params` (an nnx.State of parameters and batch statistics) with its batch statistics replaced by `stats`, the
+    ones a forward pass left in the module (`nnx.state(module, nnx.BatchStat)`); a ViT has none."""
+    return nnx.merge_state(params, stats) if jax.tree.leaves(stats) else params
+
+
 def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, sched: dict[str, jax.Array], *,
                      frozen: jax.Array):
     """AdamW at the scheduled lr and weight decay, the prototype layers untouched while `frozen`.
@@ -136,7 +144,11 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
             positions, valid = masking.masked_positions(masks, run.patch_tokens)
 
         teacher = nnx.merge(graphdef, state.teacher, rest)
-        t_out = jax.lax.stop_gradient(teacher(globals_, train=False, patch_positions=positions))
+        # A ResNet teacher normalises by its batch's statistics and keeps its own running ones, as DINO's teacher
+        # (in train mode, its buffers outside the EMA).
+        t_out = jax.lax.stop_gradient(teacher(globals_, train=False, patch_positions=positions,
+                                              use_running_average=False))
+        teacher_stats = nnx.state(teacher, nnx.BatchStat)
         t_p = _targets(d, t_out["logits"], state.center, sched["teacher_temp"])
         if ib.enabled:
             t_patch_p = _targets(d, t_out["patch_logits"], state.center_patch, sched["teacher_patch_temp"], valid)
@@ -157,12 +169,15 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
             if d.koleo_weight:
                 aux["koleo"] = koleo.koleo_loss(s_global["cls"])
                 loss = loss + d.koleo_weight * aux["koleo"]
-            return loss, (per_sample, aux)
+            return loss, (per_sample, aux, nnx.state(student, nnx.BatchStat))
 
-        (loss, (per_sample, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (per_sample, aux, student_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads, params, opt_state = apply_gradients(state, grads, tx, sched,
                                                     frozen=step < budget.freeze_last_layer_steps)
-        teacher_params = jax.tree.map(functools.partial(ema, sched["teacher_momentum"]), state.teacher, params)
+        # Batch statistics take no gradient (their updates are zero); each network keeps the ones it computed.
+        params = with_batch_stats(params, student_stats)
+        teacher_params = with_batch_stats(
+            jax.tree.map(functools.partial(ema, sched["teacher_momentum"]), state.teacher, params), teacher_stats)
         center, center_patch = state.center, state.center_patch
         if d.centering == "ema":  # Sinkhorn-Knopp keeps no centre
             center = centering.update_center(center, t_out["logits"], d.center_momentum)
