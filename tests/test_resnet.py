@@ -87,10 +87,26 @@ def test_dino_trains_with_batch_statistics_of_each_network(trained):
                                ema(teacher0["layer1"][0]["conv2"]["kernel"], student1["layer1"][0]["conv2"]["kernel"]),
                                rtol=1e-5, atol=1e-7)
     assert not np.allclose(np.asarray(teacher1["bn1"]["mean"]), ema(teacher0["bn1"]["mean"], student1["bn1"]["mean"]))
-    # The statistics are the global batch's (synchronised batch norm): one device computes the same step.
-    one = Experiment.build(_spec(num_devices=1), num_samples=64)
-    _, single, _ = _train(one, 2)
-    np.testing.assert_allclose(single, losses, rtol=1e-4)
+
+
+def test_batch_statistics_are_the_global_batchs():
+    """Synchronised batch norm: a batch sharded over 8 devices is normalised and tracked as it is on one."""
+    model = ResNet("Rmu", in_channels=1, rngs=nnx.Rngs(0))
+    graphdef, variables = nnx.split(model)
+    x = np.random.default_rng(0).normal(size=(16, 64, 64, 1)).astype(np.float32) * np.arange(1, 17)[:, None, None, None]
+
+    @jax.jit
+    def forward(variables, x):
+        net = nnx.merge(graphdef, variables)
+        return net(x, train=True)["cls"], nnx.state(net, nnx.BatchStat)
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    assert len(sharded.sharding.device_set) == 8
+    (one, one_stats), (eight, eight_stats) = forward(variables, x), forward(variables, sharded)
+    np.testing.assert_allclose(np.asarray(eight), np.asarray(one), rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(one_stats), jax.tree.leaves(eight_stats)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("field, value, match", [
