@@ -16,7 +16,8 @@ types, a stratified 80/20 split), `ucm` (UC Merced land use, 21 classes, graysca
 `mode=full` trains everything with BEiT's layer-wise learning-rate decay (arXiv 2106.08254; 0.75 as MAE's ViT-B),
 `mode=linear` the head alone on the frozen backbone. Chosen here, at the CPU scale: 30 epochs, batch 64, AdamW,
 peak lr 1e-3 (full; 1e-2 for the head alone), 3 warm-up epochs then cosine, weight decay 0.05, label smoothing
-0.1, stochastic depth 0.1, random flips.
+0.1, stochastic depth 0.1, random flips. The WV tasks also run the default run's frozen-feature evaluator (`evals.wv`:
+k-NN, linear probe, wind and Hs regression) on the fine-tuned backbone at every test evaluation.
 
 Expected, from the default run's release on a 2-core CPU (11-20 s each, test split, bootstrap std): `wv_class`
 top-1 0.579 ± 0.020 (0.522 from random init, 0.423 with `mode=linear`), `wv_regression` wind RMSE 1.51 m/s and
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from configs import common, default
 
 TASKS = ("wv_class", "wv_regression", "opensarship", "ucm")
 
@@ -78,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         log_every_steps=10,            # train/loss and train/lr to metrics.jsonl and TensorBoard
         n_bootstrap=1000,              # resamples of the test set for the std of each metric
     )
+    # Pretraining's frozen-feature evaluators, run on the fine-tuned backbone at every test evaluation: how
+    # fine-tuning moved the features its release was measured by (the WV tasks: the default run's `wv`).
+    c.evals = default.get_config(f"smoke={arg.smoke}").evals if arg.task.startswith("wv") else {}
     f = c.finetune
     if arg.task == "wv_regression":
         f.task, f.targets, f.label_smoothing = "regression", ("wind_speed", "hs"), 0.0
@@ -90,5 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.smoke:
         f.data.update(num_train_per_class=4, num_test_per_class=3, image_size=32)
         f.update(epochs=3, batch_size=16, warmup_epochs=1, eval_every_epochs=2, n_bootstrap=20)
+        if c.evals:
+            c.evals.wv.probes = ("knn",)
         c.progress = False
     return c

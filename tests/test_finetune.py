@@ -51,7 +51,10 @@ def test_classification_end_to_end_and_resume_is_exact(released, tmp_path):
     c = _config(released)
     summary = finetune(c, tmp_path / "straight")
     assert summary["steps"] == 3 * 2 and summary["task"] == "classification"       # 40 records, batch 16
-    assert set(summary["final"]) == {"test/top1", "test/top1_std", "test/balanced_acc", "test/balanced_acc_std"}
+    test = {"test/top1", "test/top1_std", "test/balanced_acc", "test/balanced_acc_std"}
+    # and pretraining's frozen-feature evaluator (config.evals.wv, k-NN in the smoke) on the fine-tuned backbone
+    assert {k for k in summary["final"] if not k.startswith("wv/")} == test
+    assert {"wv/knn/top1_k20", "wv/knn/top1_k20_std"} <= set(summary["final"])
     assert summary["loaded"]["created"] == ["mask_token"] and not summary["loaded"]["adapted"]
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval/test/top1" in r] == [4, 6]           # every 2 epochs and the end

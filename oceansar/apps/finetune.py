@@ -8,7 +8,8 @@ linear probe, and the labelled source (the evaluators' sources: the simulator's 
 OpenSARShip). The workdir is a run like pretraining's: the config is claimed, checkpoints are written every epoch
 and a rerun of the same command resumes exactly (every batch and every random draw is a function of the seed and
 the step), metrics go to `metrics.jsonl` and TensorBoard, the test split is evaluated every
-`eval_every_epochs` and at the end, and the fine-tuned network is exported to `<workdir>/release` (the backbone
+`eval_every_epochs` and at the end (with `config.evals`, pretraining's frozen-feature evaluators, on the fine-tuned
+backbone), and the fine-tuned network is exported to `<workdir>/release` (the backbone
 and its head in timm's layout; a regression head predicts physical units).
 """
 from __future__ import annotations
@@ -27,18 +28,19 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from oceansar import release, sharding
+from oceansar import embedding, release, sharding
 from oceansar import workdir as workdir_lib
 from oceansar.checkpoint import Checkpointer, abstract_like
 from oceansar.data import sources
 from oceansar.data.synthetic import DB_RANGE
 from oceansar.errors import ConfigError, DataNotFoundError
+from oceansar.evals.evaluator import Evaluator
 from oceansar.evals.knn import bootstrap_classification
 from oceansar.evals.probes import regression_scores
 from oceansar.metrics import MetricWriter
 from oceansar.models.backbone import describe
 from oceansar.models.classifier import Classifier
-from oceansar.spec import FinetuneSpec, build
+from oceansar.spec import EvalSpec, FinetuneSpec, build
 from oceansar.train import finetune_step
 from oceansar.train.loop import NonFiniteLossError
 from oceansar.train.preemption import Preempted, Preemption
@@ -84,10 +86,31 @@ def _arrays(source, spec: FinetuneSpec) -> dict[str, np.ndarray]:
     return out
 
 
+def _evaluators(config, spec: FinetuneSpec, backbone: dict[str, Any], graphdef
+                ) -> tuple[dict[str, Evaluator], dict[str, Any]]:
+    """`config.evals`' frozen-feature evaluators (pretraining's, by name; images read at `finetune.data.image_size`)
+    and their embeddings of the fine-tuned backbone (its `graphdef`), so a fine-tuned network is measured as its
+    release was."""
+    evaluators, embeds = {}, {}
+    for name, block in (config.get("evals") or {}).items():
+        e = build(EvalSpec, block, f"evals.{name}")
+        if e.image_text:
+            raise ConfigError(f"config.evals.{name}.probes: {e.probes} need a text tower; a fine-tuned backbone "
+                              "has none")
+        evaluators[name] = Evaluator(name, e, image_size=spec.data.image_size,
+                                     in_channels=backbone["in_channels"], seed=config.seed, cache=True)
+        embeds[name] = embedding.make_embed_fn(graphdef, mean=backbone["input_mean"], std=backbone["input_std"],
+                                               img_size=backbone["img_size"], in_channels=backbone["in_channels"],
+                                               features=e.features)
+    return evaluators, embeds
+
+
 def _evaluate(predict, params, *, data: dict[str, np.ndarray], spec: FinetuneSpec, mesh, num_classes: int,
-              target_mean: np.ndarray, target_std: np.ndarray, seed: int) -> dict[str, float]:
+              target_mean: np.ndarray, target_std: np.ndarray, seed: int, evaluators=None, embeds=None
+              ) -> dict[str, float]:
     """Test metrics of the network (bootstrap std over the test set): top-1 and balanced accuracy, or RMSE (and
-    R^2) per target in physical units, as the regression probe reports them."""
+    R^2) per target in physical units, as the regression probe reports them; then each of `evaluators` on the
+    backbone's frozen features (`<name>/<metric>`, as pretraining reports them)."""
     n, block = len(data["image"]), 8 * mesh.size
     outputs = []
     for start in range(0, n, block):
@@ -102,12 +125,17 @@ def _evaluate(predict, params, *, data: dict[str, np.ndarray], spec: FinetuneSpe
                                          n_bootstrap=spec.n_bootstrap, seed=seed)
         names = {"acc": "top1", "acc_std": "top1_std", "balanced_acc": "balanced_acc",
                  "balanced_acc_std": "balanced_acc_std"}
-        return {f"test/{names[k]}": float(v[0]) for k, v in stats.items()}
-    predicted = outputs * target_std + target_mean
-    results = {}
-    for i, name in enumerate(spec.targets):
-        rmse, std, r2 = regression_scores(predicted[:, i], data["targets"][:, i], seed, n_bootstrap=spec.n_bootstrap)
-        results |= {f"test/{name}/rmse": float(rmse), f"test/{name}/rmse_std": float(std), f"test/{name}/r2": float(r2)}
+        results = {f"test/{names[k]}": float(v[0]) for k, v in stats.items()}
+    else:
+        predicted, results = outputs * target_std + target_mean, {}
+        for i, name in enumerate(spec.targets):
+            rmse, std, r2 = regression_scores(predicted[:, i], data["targets"][:, i], seed,
+                                              n_bootstrap=spec.n_bootstrap)
+            results |= {f"test/{name}/rmse": float(rmse), f"test/{name}/rmse_std": float(std),
+                        f"test/{name}/r2": float(r2)}
+    for name, evaluator in (evaluators or {}).items():
+        embed = embeds[name]
+        results |= evaluator(lambda images: embed(params["backbone"], images), mesh=mesh, seed=seed)
     return results
 
 
@@ -153,6 +181,7 @@ class _Network:
     step_fn: Any
     predict: Any
     report: Any
+    backbone_graphdef: Any     # the backbone alone, for the frozen-feature evaluators
 
 
 def _build(config, spec: FinetuneSpec, backbone: dict[str, Any], data: _Data, mesh) -> _Network:
@@ -174,8 +203,8 @@ def _build(config, spec: FinetuneSpec, backbone: dict[str, Any], data: _Data, me
                                         rng=jax.random.PRNGKey(config.seed + 1))
     view = dict(mean=backbone["input_mean"], std=backbone["input_std"], img_size=backbone["img_size"])
     step_fn = jax.jit(finetune_step.make_train_step(graphdef, tx, schedule, spec, **view), donate_argnums=0)
-    return _Network(sharding.replicate(mesh, state), step_fn,
-                    finetune_step.make_predict(graphdef, **view), report)
+    return _Network(sharding.replicate(mesh, state), step_fn, finetune_step.make_predict(graphdef, **view), report,
+                    nnx.split(model.backbone, STATE_VARIABLES)[0])
 
 
 def _train(config, spec: FinetuneSpec, data: _Data, net: _Network, workdir: pathlib.Path, mesh, evaluate, *,
@@ -256,9 +285,10 @@ def finetune(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
                           "devices")
     data = _load_data(config, spec, backbone)
     net = _build(config, spec, backbone, data, mesh)
+    evaluators, embeds = _evaluators(config, spec, backbone, net.backbone_graphdef)
     evaluate = functools.partial(_evaluate, net.predict, data=data.test, spec=spec, mesh=mesh,
                                  num_classes=len(data.class_names), target_mean=data.target_mean,
-                                 target_std=data.target_std, seed=config.seed)
+                                 target_std=data.target_std, seed=config.seed, evaluators=evaluators, embeds=embeds)
     trained = _train(config, spec, data, net, workdir, mesh, evaluate, stop_at_step=stop_at_step)
     if trained is None:
         return {"steps": stop_at_step}
@@ -277,7 +307,8 @@ def finetune(config, workdir: str | pathlib.Path, *, stop_at_step: int | None = 
                                  targets=list(spec.targets), target_mean=data.target_mean,
                                  target_std=data.target_std, summary=summary, recipe=config.name)
         workdir_lib.write_atomic(workdir / workdir_lib.SUMMARY_FILE, json.dumps(summary, indent=2))
-        print("fine-tuned network on the test split:")
+        print("fine-tuned network on the test split" + (" and its backbone's frozen features (config.evals):"
+                                                         if evaluators else ":"))
         for key in sorted(k for k in final if not k.endswith("_std")):
             std = final.get(f"{key}_std")
             print(f"  {key:<32s}{final[key]:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
