@@ -193,6 +193,11 @@ CASES: tuple[Case, ...] = (
          ("--num_samples=2048", "--image_size=256", "--batch_size=256", "--workers=15", "--repeats=1"),
          ("--num_samples=64", "--image_size=32", "--batch_size=16", "--workers=0", "--repeats=1"), (120, 60),
          ("numpy", "absl", "grain")),
+    # OceanSAR-1's convolutional baseline, last: it runs when the budget has room after the issue's goals.
+    Case("train_step_r50", "train_step", "DINO step, ResNet-50, 2x224 + 8x96 crops, bf16, batch 128",
+         ("--config=configs/oceansar1.py:variant=R50", "--dtype=bfloat16", "--batch_size=128", "--steps=5",
+          "--repeats=2", "--objectives=dino"),
+         (_SMOKE + ",variant=R50",) + _SMOKE_STEP[1:] + ("--objectives=dino",), (150, 90), _STEP),
 )
 
 

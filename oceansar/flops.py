@@ -119,7 +119,8 @@ DINO_STEP_FORMULA = (
     "L, C input channels, head MLP dims d = [D, H, ..., H, Bn] and K prototypes; 2 FLOPs per multiply-accumulate, "
     "matmuls only (attention QK^T and AV included). With iBOT, every global crop's forward (student and teacher) also "
     "runs the patch head on k gathered patch tokens: F(global_size) + k * 2 * [sum_i(d_i d_(i+1)) + Bn K_p], K_p the "
-    "patch prototypes")
+    "patch prototypes. A ResNet's backbone term is the sum over its convolutions of 2 k^2 C_in C_out H_out W_out "
+    "(`resnet_forward_flops`) in place of the ViT's")
 
 
 def dino_step_flops(model_config: Any, crops_config: Any, *, nlayers: int, patch_tokens: int = 0,
