@@ -125,8 +125,9 @@ class Experiment:
             raise NotImplementedError(f"models with variables other than {state_lib.STATE_VARIABLES}")
         abstract = jax.eval_shape(lambda: state_lib.init_state(spec, num_samples=num_samples, tx=tx)[2])
         evaluators = {name: _evaluator(spec, name, e, tokenizer) for name, e in spec.evals.items()}
+        backbone_graphdef = nnx.split(model.backbone, state_lib.STATE_VARIABLES)[0]
         return cls(spec=spec, num_samples=num_samples, mesh=mesh, budget=step_lib.Budget.from_spec(spec), tx=tx,
-                   graphdef=graphdef, rest=rest, backbone_graphdef=nnx.split(model.backbone, state_lib.STATE_VARIABLES)[0],
+                   graphdef=graphdef, rest=rest, backbone_graphdef=backbone_graphdef,
                    abstract_state=_state_shaped(abstract, mesh, spec.mesh.fsdp_min_size), evaluators=evaluators,
                    tokenizer=tokenizer)
 

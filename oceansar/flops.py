@@ -1,5 +1,5 @@
-"""FLOP accounting for DINO pretraining: analytic matmul FLOPs of the ViT (or ResNet), the DINO head and the multi-crop, and an
-exact count of the matmul FLOPs of any traced JAX program.
+"""FLOP accounting for DINO pretraining: analytic matmul FLOPs of the ViT (or ResNet), the DINO head and the
+multi-crop, and an exact count of the matmul FLOPs of any traced JAX program.
 
 Conventions: 2 FLOPs per multiply-accumulate, and only matrix multiplies and convolutions count (LayerNorm, softmax,
 GELU, the optimizer and other elementwise work do not): the usual "model FLOPs" of MFU. The analytic formulas follow
@@ -83,8 +83,8 @@ def resnet_forward_flops(variant: str, img_size: int, *, in_channels: int) -> in
             f1, _ = conv(h, 1, 1, c, planes)
             f2, h2 = conv(h, 3, stride, planes, planes)
             f3, _ = conv(h2, 1, 1, planes, planes * resnet.EXPANSION)
-            shortcut = conv(h, 1, stride, c, planes * resnet.EXPANSION)[0] if stride != 1 or c != planes * resnet.EXPANSION \
-                else 0
+            projected = stride != 1 or c != planes * resnet.EXPANSION
+            shortcut = conv(h, 1, stride, c, planes * resnet.EXPANSION)[0] if projected else 0
             total += f1 + f2 + f3 + shortcut
             h, c = h2, planes * resnet.EXPANSION
     return total
