@@ -3,9 +3,9 @@
 The backbone comes from `config.init_from`: an oceansar release (which brings its variant, resolution and input
 scale) or any timm / DINO / DINOv2 / transformers ViT file or timm / torchvision ResNet file
 (`config.finetune.model` then says what it is), loaded with a report of every tensor. `config.finetune` chooses the
-task (classification of the records' label, or regression of record fields such as wind speed and Hs), full fine-
-tuning with layer-wise learning-rate decay or a linear probe, and the labelled source (the evaluators' sources: the
-simulator's splits, class folders, TFDS, OpenSARShip). The workdir is a run like pretraining's: the config is
+task (classification of the records' label, or regression of record fields such as wind speed and Hs), full
+fine-tuning with layer-wise learning-rate decay or a linear probe, and the labelled source (the evaluators' sources:
+the simulator's splits, class folders, TFDS, OpenSARShip). The workdir is a run like pretraining's: the config is
 claimed, checkpoints are written every epoch and a rerun of the same command resumes exactly (every batch and every
 random draw is a function of the seed and the step), metrics go to `metrics.jsonl` and TensorBoard, the test split
 is evaluated every `eval_every_epochs` and at the end (with `config.evals`, pretraining's frozen-feature evaluators,
