@@ -17,7 +17,9 @@ config is refused (see --on_config_change), a finished run is not trained again,
 writes a workdir at a time. SIGTERM or SIGINT saves at the next step and exits with 128 + signal.
 Config, data and workdir errors print one line naming the field or file (--verbosity=1: traceback).
 Launched as several processes (SLURM, a TPU pod, or --coordinator_address/--num_processes/
---process_id), it first joins the JAX distributed runtime. No logic lives here.
+--process_id), it first joins the JAX distributed runtime; when one process dies (kill -9, a lost host) the
+others stop within --heartbeat_timeout_s, naming it, and rerunning every process's command resumes from the last
+checkpoint. No logic lives here.
 """
 from __future__ import annotations
 
@@ -53,6 +55,9 @@ _ON_CONFIG_CHANGE = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "Several processes: seconds without a heartbeat after which a process is declared "
+    "dead and the others stop (JAX's default; rerun every process's command to resume from the last checkpoint).")
 
 
 def _multi_process() -> bool:
@@ -80,7 +85,8 @@ def main(argv):
 
     if _multi_process():
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+                                   num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                                   heartbeat_timeout_seconds=_HEARTBEAT.value)
     config_given = any(flags.FLAGS[name].present for name in flags.FLAGS if name == "config"
                        or name.startswith("config."))
     try:

@@ -1,4 +1,5 @@
-"""What a pod does, on one machine: two JAX processes of four CPU devices each train what one process of eight does.
+"""What a pod does, on one machine: two JAX processes of four CPU devices each train what one process of eight does,
+also when one of them is killed mid-run and both commands are rerun.
 
 The processes join through `launch.py`'s coordinator flags (a localhost coordinator, CPU collectives over gloo),
 each reads its block of every global batch, and the re-clustering of dynamic pruning sees the global pool.
@@ -8,17 +9,19 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
 from conftest import subprocess_env
 from oceansar.apps.pretrain import pretrain
+from oceansar.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dynamic pruning with a re-clustering inside the budget: one full epoch of 64 images, then balanced halves.
 OVERRIDES = {"data.num_samples": 64, "pruning.rho": 0.5, "pruning.warmup_examples": 64, "pruning.every_epochs": 2,
              "pruning.n_clusters": (8, 2), "pruning.n_resamples": 1, "total_examples": 160, "eval_at_init": False,
-             "evals.wv.every_examples": 0, "evals.wv.probes": ("knn",)}
+             "evals.wv.every_examples": 0, "evals.wv.probes": ("knn",), "checkpoint_every_steps": 2}
 ARGS = ["--config=configs/default.py:smoke", *[f"--config.{k}={v}".replace(" ", "") for k, v in OVERRIDES.items()]]
 
 
@@ -39,14 +42,32 @@ def _records(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_train_what_one_does(tmp_path, smoke_config):
+def _pod(workdir):
     port = _free_port()
-    pod = [_launch(tmp_path / "two", 4, [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                         f"--process_id={i}"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-           for i in range(2)]
+    return [_launch(workdir, 4, [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+                                 "--heartbeat_timeout_s=10"], JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+            for i in range(2)]
+
+
+def test_two_processes_train_what_one_does_through_a_kill(tmp_path, smoke_config):
+    # kill -9 of process 1 once the step-2 checkpoint is committed: process 0 stops, naming the dead process.
+    pod, step_dir = _pod(tmp_path / "two"), tmp_path / "two" / "checkpoints" / "2"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (step_dir / "_CHECKPOINT_METADATA").exists():
+        assert all(p.poll() is None for p in pod), pod[0].stderr.read()[-3000:]
+        time.sleep(0.05)
+    pod[1].kill()
+    pod[1].communicate()
+    _, err = pod[0].communicate(timeout=120)
+    assert pod[0].returncode != 0 and "another task died" in err and "unhealthy" in err, err[-3000:]
+    saved = Checkpointer(tmp_path / "two" / "checkpoints").latest_step()
+    assert saved is not None and 2 <= saved < 10 and not (tmp_path / "two" / "summary.json").exists()
+    # The same two commands again: they resume from the last committed step and finish.
+    pod = _pod(tmp_path / "two")
     outs = [p.communicate(timeout=400) for p in pod]
     for p, (_, err) in zip(pod, outs):
         assert p.returncode == 0, err[-3000:]
+    assert f"resumed from step {saved}" in outs[0][1]
     config = smoke_config                      # one process of the tests' eight devices
     for key, value in OVERRIDES.items():
         block, _, name = key.rpartition(".")
