@@ -19,9 +19,9 @@ peak lr 1e-3 (full; 1e-2 for the head alone), 3 warm-up epochs then cosine, weig
 0.1, stochastic depth 0.1, random flips. The WV tasks also run the default run's frozen-feature evaluator (`evals.wv`:
 k-NN, linear probe, wind and Hs regression) on the fine-tuned backbone at every test evaluation.
 
-Expected, from the default run's release on a 2-core CPU (11-20 s each, test split, bootstrap std): `wv_class`
-top-1 0.579 ± 0.020 (0.522 from random init, 0.423 with `mode=linear`), `wv_regression` wind RMSE 1.51 m/s and
-Hs RMSE 0.72 m, `opensarship` top-1 0.48 ± 0.05 (balanced 0.36).
+Expected, from the default run's release on a 2-core CPU (20-27 s each, test split, bootstrap std): `wv_class`
+top-1 0.579 ± 0.019 (0.522 from random init, 0.442 with `mode=linear`), `wv_regression` wind RMSE 1.45 m/s and
+Hs RMSE 0.72 m, `opensarship` top-1 0.52 ± 0.05 (balanced 0.39).
 """
 from __future__ import annotations
 
