@@ -25,17 +25,22 @@ def _suite(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# Every case but the ResNet-50 step, whose benchmark (`train_step`) the ViT cases run and whose training
+# tests/test_resnet.py runs: one more train-step compile here would buy no coverage.
+REDUCED = [c.name for c in device_suite.CASES if c.name != "train_step_r50"]
+
+
 def test_reduced_suite_runs_every_case(tmp_path):
     out = tmp_path / "suite.json"
     start = time.monotonic()
-    proc = _suite("--mode=reduced", f"--out={out}", timeout=300)
+    proc = _suite("--mode=reduced", f"--cases={','.join(REDUCED)}", f"--out={out}", timeout=300)
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report
     assert report["complete"] and report["mode"] == "reduced"
     statuses = {c["name"]: c["status"] for c in report["cases"]}
-    assert statuses == {c.name: "ok" for c in device_suite.CASES}, {
+    assert statuses == {name: "ok" for name in REDUCED}, {
         c["name"]: c.get("stderr_tail", "")[-800:] for c in report["cases"] if c["status"] != "ok"}
     assert report["device"]["device_kind"] and report["device"]["platform"] == "cpu"
     assert report["device"]["device_count"] >= 1

@@ -118,6 +118,8 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, 
     return grads, optax.apply_updates(state.params, zero_frozen(updates)), opt_state
 
 
+# One closure on purpose: the whole step is one traced program (augmentation, both networks, the objective, the
+# update, EMA and the loss table), and helpers for its parts would each take a dozen of its locals.
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSpec, budget: Budget, *,
                     update_loss_stats: bool = True
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict, jax.Array]]:
