@@ -54,13 +54,13 @@ def test_bf16_compute_tracks_float32_through_the_65536_prototype_head():
     assert {logits16.dtype, p16.dtype, l16.dtype} == {jnp.dtype(jnp.float32)}
     assert {x.dtype for x in jax.tree.leaves(g16)} == {jnp.dtype(jnp.float32)}
     assert float(p32.max()) > 100 / K                       # the teacher is far from uniform
-    assert abs(float(l16 - l32)) / float(l32) < 1e-3         # measured about 1e-5
-    np.testing.assert_allclose(np.asarray(per16), np.asarray(per32), rtol=2e-3)   # measured 1.4e-4
-    assert float(jnp.max(jnp.abs(p16 - p32))) < 5e-3         # measured 5e-4
+    assert abs(float(l16 - l32)) / float(l32) < 1e-3         # measured 5e-5
+    np.testing.assert_allclose(np.asarray(per16), np.asarray(per32), rtol=2e-3)   # measured 1.2e-4
+    assert float(jnp.max(jnp.abs(p16 - p32))) < 5e-3         # measured 8e-4
     for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
         a, b = np.ravel(np.asarray(a)), np.ravel(np.asarray(b))
         if np.linalg.norm(a) > 0:                           # the iBOT mask token takes no gradient here
-            assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.98   # measured >= 0.994
+            assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.98   # measured >= 0.996
 
 
 def test_the_bf16_train_step_keeps_its_state_in_float32():
