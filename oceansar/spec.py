@@ -567,10 +567,11 @@ class RunSpec:
             if getattr(self, field) <= 0:
                 fail(field, "must be positive")
         patch = self.model.patch
+        unit = "output stride" if self.model.kind == "resnet" else "patch size"
         for field, size in (("crops.global_size", self.crops.global_size),
                             ("crops.local_size", self.crops.local_size)):
             if size % patch:
-                fail(field, f"{size} must be a positive multiple of the patch size {patch} of {self.model.variant}")
+                fail(field, f"{size} must be a positive multiple of the {unit} {patch} of {self.model.variant}")
             if size > self.data.image_size:
                 fail(field, f"{size} exceeds data.image_size {self.data.image_size}")
         if self.crops.n_global != 2:

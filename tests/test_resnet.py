@@ -112,7 +112,7 @@ def test_batch_statistics_are_the_global_batchs():
 @pytest.mark.parametrize("field, value, match", [
     ("ibot.weight", 1.0, "config.ibot.weight: iBOT masks patch tokens"),
     ("model.drop_path_rate", 0.1, "config.model.drop_path_rate: 0.1 is a ViT option"),
-    ("crops.local_size", 48, "config.crops.local_size: 48 must be a positive multiple of the patch size 32"),
+    ("crops.local_size", 48, "config.crops.local_size: 48 must be a positive multiple of the output stride 32 of Rmu"),
     ("model.variant", "R51", "config.model.variant: unknown ResNet 'R51'; known: Rmu, R26, R50"),
 ])
 def test_config_errors_name_the_field(field, value, match):
