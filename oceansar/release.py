@@ -269,8 +269,8 @@ def export_finetuned(path: str | pathlib.Path, *, params: dict[str, Any], backbo
     timm_layout.write_safetensors(path / WEIGHTS_FILE, state, {"oceansar_variant": ours["variant"],
                                                                "oceansar_recipe": recipe})
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    what = (f"{_title(ours['variant'])} fine-tuned for {task} of " + (f"{len(labels)} classes" if task == "classification"
-                                                                  else ", ".join(targets)))
+    what = f"{_title(ours['variant'])} fine-tuned for {task} of " + (
+        f"{len(labels)} classes" if task == "classification" else ", ".join(targets))
     training = [f"fine-tuned by oceansar's `{recipe}` recipe ({summary['mode']}), {summary['epochs']} epochs on "
                 f"{summary['train_records']} records", f"initialised from `{summary['init_from'] or 'random'}`"]
     (path / CARD_FILE).write_text(_card(config, training, summary, _command(), what=what))

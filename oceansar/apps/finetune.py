@@ -92,7 +92,7 @@ def _evaluators(config, spec: FinetuneSpec, backbone: dict[str, Any], graphdef
     and their embeddings of the fine-tuned backbone (its `graphdef`), so a fine-tuned network is measured as its
     release was."""
     evaluators, embeds = {}, {}
-    for name, block in (config.get("evals") or {}).items():
+    for name, block in config.evals.items():
         e = build(EvalSpec, block, f"evals.{name}")
         if e.image_text:
             raise ConfigError(f"config.evals.{name}.probes: {e.probes} need a text tower; a fine-tuned backbone "

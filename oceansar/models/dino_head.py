@@ -3,7 +3,8 @@
 `DINOHead` is DINO's head: a GELU MLP to a bottleneck, L2 normalisation, then a weight-normalised linear layer with
 no bias whose columns are the prototypes. `DINOModel` runs the backbone (ViT or ResNet) and the head on a stack of
 crops of one resolution ([n_crops, B, H, W, C]), so the global and local stacks are two calls with two static shapes.
-For iBOT (ViT only) it also runs a head on gathered patch tokens: the same head (iBOT's `shared_head`, DINOv2's default) or a separate `ibot_head`.
+For iBOT (ViT only) it also runs a head on gathered patch tokens: the same head (iBOT's `shared_head`, DINOv2's
+default) or a separate `ibot_head`.
 Losses, centering and the teacher EMA live elsewhere.
 
 The prototype layers' parameters live at `("head", "last_layer", ...)` and `("ibot_head", "last_layer", ...)` in a
