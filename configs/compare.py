@@ -55,7 +55,14 @@ from configs import common, curate_hkmeans, curate_semdedup, default, less_is_mo
 # for an image-text recipe, the four WFA caption aggregations.
 OBJECTIVES = {"dino": {}, "dinov2": common.DINOV2, "ibot": {"ibot": common.DINOV2["ibot"]},
               "koleo": {"dino": common.DINOV2["dino"]},
-              **{mode: {"text": {"aggregation": mode}} for mode in ("single", "mean", "bleu", "attention")}}
+              # The WFA recipe's aggregated modes add the per-caption term; `single`, the CLIP baseline, has none,
+              # and `single_t2i` weighs its text-to-image half as that term would (0.5 i2t + 1.5 t2i), the
+              # control that separates the term's weighting from what aggregation adds. `bleu_top3` encodes
+              # 3 captions per image on average, the batch's least unique (lowest BLEU weight) dropped first.
+              "single": {"text": {"aggregation": "single", "caption_loss": 0.0}},
+              "single_t2i": {"text": {"aggregation": "single", "caption_loss": 1.0}},
+              "bleu_top3": {"text": {"aggregation": "bleu", "capacity": 3.0}},
+              **{mode: {"text": {"aggregation": mode}} for mode in ("mean", "bleu", "attention")}}
 
 # The recipe every run trains: the default DINO demo, Less-is-More's iBOT with WSD schedules, or image-text
 # pretraining (WFA) on the simulator's generated captions or on UC Merced with UCM-captions (under `data_root`).

@@ -283,6 +283,7 @@ class TextSpec:
     aggregation: str           # single | mean | bleu | attention
     loss: str                  # infonce (CLIP) | siglip
     capacity: float            # distinct captions the text tower encodes per image per step, on average
+    caption_loss: float        # weight of the per-caption text-to-image term next to the aggregate's loss
     lock_image: bool           # LiT: the image tower and its projection frozen
     repeat_fraction: float     # simulator captions: share of an image's captions that repeat another
 
@@ -296,6 +297,7 @@ class TextSpec:
         _require(self.loss in TEXT_LOSSES, "loss", f"{self.loss!r} is not one of {TEXT_LOSSES}")
         _require(1 <= self.capacity <= self.max_captions, "capacity",
                  f"must lie in [1, max_captions={self.max_captions}], got {self.capacity}")
+        _require(self.caption_loss >= 0, "caption_loss", f"must be >= 0, got {self.caption_loss}")
         _require(0 <= self.repeat_fraction <= 1, "repeat_fraction", f"must be in [0, 1], got {self.repeat_fraction}")
 
 

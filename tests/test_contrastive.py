@@ -22,6 +22,7 @@ def _fast_compiles():
 # Jitted once per argument structure: eager calls would compile every small op on its own.
 clip_loss = jax.jit(contrastive.clip_loss)
 siglip_loss = jax.jit(contrastive.siglip_loss)
+caption_to_image_loss = jax.jit(contrastive.caption_to_image_loss)
 
 
 def _features(seed, b=8, d=12):
@@ -109,6 +110,41 @@ def test_siglip_loss_matches_numpy():
         siglip_loss(v, t, log_scale, bias, weights=w[:4])
 
 
+def test_caption_to_image_loss_matches_numpy_and_ignores_zero_weight_rows():
+    rng = np.random.default_rng(7)
+    b, m, d = 6, 3, 12
+    v = rng.normal(size=(b, d)).astype(np.float32)
+    h = (0.5 * v[:, None] + rng.normal(size=(b, m, d))).astype(np.float32)
+    h[2, 2] = 0.0                                         # a pad row (not encoded): weight 0, features 0
+    w = rng.random((b, m)).astype(np.float32)
+    w[2, 2] = 0.0
+    w /= w.sum(1, keepdims=True)
+    per_sample, aux = caption_to_image_loss(v, h, w, math.log(20.0))
+    logits = 20.0 * _cosine(h.reshape(b * m, d).astype(np.float64) + 1e-30, v)  # [B m, B]: captions x images
+    own = np.repeat(np.arange(b), m)
+    ce = (_logsumexp(logits, 1) - logits[np.arange(b * m), own]).reshape(b, m)
+    np.testing.assert_allclose(per_sample, (w * ce).sum(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux["loss_caption_to_image"], (w * ce).sum() / w.sum(), rtol=1e-5)
+    hits = (logits.argmax(1) == own).reshape(b, m)
+    np.testing.assert_allclose(aux["accuracy_caption_to_image"], (w * hits).sum() / w.sum(), rtol=1e-5)
+    # One caption per image at weight 1 is the text-to-image half of InfoNCE.
+    one = np.zeros((b, m), np.float32)
+    one[:, 0] = 1.0
+    ref = _cosine(v, h[:, 0]) * 20.0
+    np.testing.assert_allclose(caption_to_image_loss(v, h, one, math.log(20.0))[0],
+                               _logsumexp(ref, 0) - np.diag(ref), rtol=1e-5, atol=1e-6)
+    # SigLIP's terms: each caption against every image, the pairs' sigmoid losses summed.
+    z = 2.0 * (own[:, None] == np.arange(b)[None, :]) - 1.0
+    sig = np.logaddexp(0.0, -z * (logits - 3.0))                  # -log sigmoid(z (s cos + bias)), [B m, B]
+    np.testing.assert_allclose(caption_to_image_loss(v, h, w, math.log(20.0), -3.0)[0],
+                               (w * sig.sum(1).reshape(b, m)).sum(1), rtol=1e-5, atol=1e-6)
+    grads = jax.jit(jax.grad(lambda v, h: caption_to_image_loss(v, h, w, 3.0)[0].sum(), argnums=(0, 1)))(v, h)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    assert not np.asarray(grads[1])[2, 2].any()          # the pad row gets no gradient
+    with pytest.raises(ValueError, match="want image"):
+        caption_to_image_loss(v, h, w[:, :2], 3.0)
+
+
 def test_global_batch_on_eight_devices_equals_one_device():
     assert len(jax.devices()) == 8
     v, t = _features(5, b=16)
@@ -118,8 +154,10 @@ def test_global_batch_on_eight_devices_equals_one_device():
     def both(v, t, w):
         clip = clip_loss(v, t, 2.5, weights=w)
         sig = siglip_loss(v, t, 2.0, -5.0, weights=w)
+        captions = jnp.stack([t, v + t], axis=1)           # [B, 2, D]: two captions per image
+        per_caption = caption_to_image_loss(v, captions, jnp.stack([w, 1 - w], axis=1), 2.5)[0]
         grad = jax.grad(lambda v: clip_loss(v, t, 2.5)[0] + siglip_loss(v, t, 2.0, -5.0)[0])(v)
-        return clip[0], clip[1], sig[0], sig[1], grad
+        return clip[0], clip[1], sig[0], sig[1], per_caption, grad
 
     expected = both(v, t, w)
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -56,6 +56,10 @@ def test_image_text_config_rules_name_their_field():
     c.text.capacity = 9.0
     with pytest.raises(ConfigError, match=r"config.text.capacity: must lie in \[1, max_captions=5\]"):
         RunSpec.from_config(c)
+    c = wfa.get_config("smoke")
+    c.text.caption_loss = -1.0
+    with pytest.raises(ConfigError, match="config.text.caption_loss: must be >= 0"):
+        RunSpec.from_config(c)
 
 
 def test_retrieval_and_zero_shot_against_brute_force():

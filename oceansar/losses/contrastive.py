@@ -85,6 +85,56 @@ def clip_loss(image_feats: jax.Array, text_feats: jax.Array, log_scale: jax.Arra
     return _weighted_mean(per_sample, weights), per_sample, aux
 
 
+def caption_to_image_loss(image_feats: jax.Array, caption_feats: jax.Array, caption_weights: jax.Array,
+                          log_scale: jax.Array, bias: jax.Array | None = None, *,
+                          max_scale: float = CLIP_MAX_SCALE) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Every caption as a text-to-image query over the global batch, weighted per image: [B] per-sample losses.
+
+    The retrieval benchmarks query one caption at a time, while an aggregated text feature (WFA) trains one target
+    per image; this term also asks each encoded caption j of image b to find its image among the batch's:
+    l_b = sum_j w_bj CE(softmax(s h_bj V^T), b) with InfoNCE's scale (clipped as in `clip_loss`), or, given a
+    `bias`, SigLIP's terms l_b = sum_j w_bj sum_b' -log sigmoid(z (s h_bj . v_b' + bias)) (unclipped scale, as in
+    `siglip_loss`), with the image's caption weights w (the aggregation's, summing to 1; 0 on captions not
+    encoded). The caption features are already computed for the aggregate: the term costs a [B m, B] matmul, no
+    text-tower pass.
+
+    Args:
+        image_feats: [B, D] image embeddings (normalised here).
+        caption_feats: [B, m, D] the features of each image's caption rows (normalised here; zero rows allowed).
+        caption_weights: [B, m] weights of the rows, 0 where a row was not encoded.
+        log_scale: the contrastive loss's learnable log-scale.
+        bias: SigLIP's learnable bias; None for InfoNCE.
+        max_scale: the most InfoNCE's logits are scaled by.
+
+    Returns:
+        per_sample: [B] float32 weighted caption-to-image losses.
+        aux: {"loss_caption_to_image": their weighted mean over captions, "accuracy_caption_to_image": the
+            weighted share of captions whose own image is the most similar}.
+    """
+    b, m, d = caption_feats.shape
+    if image_feats.shape != (b, d) or caption_weights.shape != (b, m):
+        raise ValueError(f"caption_to_image_loss: want image [B, D], captions [B, m, D] and weights [B, m], got "
+                         f"{image_feats.shape}, {caption_feats.shape} and {caption_weights.shape}")
+    log_scale = jnp.asarray(log_scale, jnp.float32)
+    scale = jnp.exp(log_scale if bias is not None else jnp.clip(log_scale, 0.0, math.log(max_scale)))
+    logits = scale * jnp.matmul(_l2_normalize(caption_feats.reshape(b * m, d)), _l2_normalize(image_feats).T,
+                                precision=jax.lax.Precision.HIGHEST)  # [B m, B]
+    own = jnp.repeat(jnp.arange(b), m)
+    if bias is None:
+        positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
+        per_caption = jax.nn.logsumexp(logits, axis=1) - positive
+    else:
+        z = jnp.where(own[:, None] == jnp.arange(b)[None, :], 1.0, -1.0)
+        per_caption = jnp.sum(-jax.nn.log_sigmoid(z * (logits + jnp.asarray(bias, jnp.float32))), axis=1)
+    per_caption = per_caption.reshape(b, m)
+    w = caption_weights.astype(jnp.float32)
+    hit = (jnp.argmax(logits, axis=1) == own).reshape(b, m)
+    total = jnp.maximum(jnp.sum(w), 1e-12)
+    aux = {"loss_caption_to_image": jnp.sum(w * per_caption) / total,
+           "accuracy_caption_to_image": jnp.sum(w * hit) / total}
+    return jnp.sum(w * per_caption, axis=1), aux
+
+
 def siglip_loss(image_feats: jax.Array, text_feats: jax.Array, log_scale: jax.Array, bias: jax.Array, *,
                 weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Pairwise sigmoid loss: L = -1/B sum_i sum_j log sigmoid(z_ij (t v_i . t_j + b)), z_ij = 1 if i = j else -1.

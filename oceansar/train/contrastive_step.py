@@ -6,7 +6,10 @@ distinct captions (exact duplicates were folded by the source) packed into a fla
 (`aggregation.pack_captions`, C = `text.capacity` x B, so the text tower runs on distinct captions only; `single`
 packs the one caption it draws per image, C = B) and encoded; the WFA aggregation (`single`, `mean`, `bleu`,
 `attention`: arXiv 2505.11121) into one text feature per image; symmetric InfoNCE (CLIP, arXiv 2103.00020) or the
-sigmoid loss (SigLIP, arXiv 2303.15343) over the global batch, weighted per sample; AdamW at the scheduled lr and
+sigmoid loss (SigLIP, arXiv 2303.15343) over the global batch, weighted per sample, plus (`text.caption_loss`)
+every encoded caption as its own text-to-image query weighted by the aggregation's weights
+(`contrastive.caption_to_image_loss`: the benchmarks query one caption at a time, and the aggregate alone trains one
+target per image); AdamW at the scheduled lr and
 weight decay (the image tower untouched under `text.lock_image`, LiT, arXiv 2111.07991); the teacher is a copy of
 the student (no EMA: what evaluation, embedding and the release read are the trained weights); the per-sample losses into the loss-statistics table, so every pruning policy works for image-text runs too.
 Metrics count the text tokens the tower ran against those of every original caption: the compute folding saves.
@@ -60,7 +63,8 @@ def _locked(grads, lock_image: bool):
 
 
 def _text_features(model, batch, key, run: RunSpec):
-    """The aggregated text feature of every image [B, D], the aggregation weights, and token counts."""
+    """The aggregated text feature of every image [B, D], the caption features [B, m, D], the aggregation
+    weights [B, m] (0 on rows not encoded), and token counts."""
     t = run.text
     ids, valid, count = batch["caption_ids"], batch["caption_valid"], batch["caption_count"]
     b, m, _ = ids.shape
@@ -80,7 +84,7 @@ def _text_features(model, batch, key, run: RunSpec):
     tokens = {"text_tokens_encoded": jnp.sum(flat_ids != 0),
               "text_tokens_all_captions": jnp.sum(batch["caption_tokens"]),
               "captions_dropped": overflow}
-    return text, w, tokens
+    return text, feats, w, tokens
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSpec, budget, *,
@@ -103,13 +107,19 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, run: RunSp
         def loss_fn(params):
             model = nnx.merge(graphdef, params, rest)
             image = model.encode_image(crops, train=True, rngs=nnx.Rngs(dropout=k_drop))
-            text, w, tokens = _text_features(model, batch, k_caption, run)
+            text, feats, w, tokens = _text_features(model, batch, k_caption, run)
             if t.loss == "siglip":
                 loss, per_sample, aux = contrastive.siglip_loss(image, text, model.log_scale[...], model.bias[...],
                                                                 weights=batch["weight"])
             else:
                 loss, per_sample, aux = contrastive.clip_loss(image, text, model.log_scale[...],
                                                               weights=batch["weight"])
+            if t.caption_loss > 0:
+                per_caption, caption_aux = contrastive.caption_to_image_loss(
+                    image, feats, w, model.log_scale[...], model.bias[...] if t.loss == "siglip" else None)
+                per_sample = per_sample + t.caption_loss * per_caption
+                loss = jnp.mean(per_sample * batch["weight"])
+                aux = aux | caption_aux
             entropy = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.maximum(w, 1e-12)), 0.0), axis=-1)
             aux = aux | tokens | {"caption_weight_entropy": jnp.mean(entropy)}
             return loss, (per_sample, aux)
