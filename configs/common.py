@@ -79,7 +79,7 @@ def dino_config() -> ml_collections.ConfigDict:
         capacity=4.0,                 # distinct captions encoded per image per step (<= max_captions): the
                                       # flat text batch; a batch with more drops its lowest-weight captions.
         caption_loss=0.0,             # weight of every encoded caption as its own text-to-image query
-                                      # (weighted by the aggregation's weights) next to the aggregate's loss.
+                                      # (each original caption alike) next to the aggregate's loss.
         lock_image=False,             # LiT: freeze the image tower (e.g. after init_from a DINO release).
         repeat_fraction=0.4,          # simulator captions: share of an image's captions repeating another.
     )

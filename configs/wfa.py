@@ -9,8 +9,8 @@ their features with importance weights: `single` (one caption drawn per image pe
 `mean` (every original caption alike), `bleu` (WFA's non-parametric uniqueness: 1 - BLEU-4 against the image's
 other captions, computed once by the source) or `attention` (WFA's learned weights). Symmetric InfoNCE (CLIP,
 arXiv 2103.00020) with a learnable temperature over the global batch; `--config.text.loss=siglip` for the sigmoid
-loss (arXiv 2303.15343). The aggregated modes add every encoded caption as its own text-to-image query, weighted by
-the mode's weights (`text.caption_loss` = 1; chosen here, not the paper's): retrieval queries one caption at a time,
+loss (arXiv 2303.15343). The aggregated modes add every encoded caption as its own text-to-image query, each original
+caption alike (`text.caption_loss` = 1; chosen here, not the paper's): retrieval queries one caption at a time,
 and on UC Merced the aggregate alone trained a text tower whose single captions retrieve worse than `single`'s
 (mR 0.17 against 0.23 at 64,000 examples; 0.23 with the term, `docs/wfa_results.md`). Both towers train from scratch (`init_from` a DINO release and `text.lock_image` for LiT).
 
