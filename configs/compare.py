@@ -20,8 +20,8 @@ an interrupted one continues from its checkpoint.
 
 `data` adds Less-is-More's data axis (Barseghyan et al., 2025), each entry trained from its own warm-up to the
 same budget: `pool` (the pool as it is, with `compare.methods`; `methods=less_is_more` makes them
-hierarchical-k-means subsets of 50, 20 and 5 % and SemDeDup at the eps that keep 50 and 20 %), `subset` (a random 20 % of
-the pool), `uniform` (that subset, every image 5 times: itself and 4 near-duplicates made as
+hierarchical-k-means subsets of 50, 20 and 5 % and SemDeDup at the eps that keep 50 and 20 %), `subset` (a random 20 %
+of the pool), `uniform` (that subset, every image 5 times: itself and 4 near-duplicates made as
 `data.pool_transform`'s copies, here SAR speckle), `exponential` and `heavy` (the same number of copies with
 multiplicities skewed as exp(-5 r) and exp(-20 r) over the originals' rank r in [0, 1): their top tenth holds 40 %
 and 86 % of the copies), and the uniform pool filtered by SemDeDup back to the subset's size (`uniform`'s
@@ -33,6 +33,8 @@ on a CPU). `recipe=wfa` (the simulator's generated captions) or `recipe=wfa_ucm`
 
     python launch.py --mode=compare --config=configs/compare.py:recipe=wfa_ucm,objectives=single+mean+bleu+attention \
         '--config.compare.methods=("full",)' --workdir=runs/wfa_ucm
+
+(plus `single_t2i` and `bleu_top3`, the controls of `docs/wfa_results.md`).
 
 `recipe=ucm_pool` trains the default DINO recipe on a redundant, heavy-tailed pool built from the real UC Merced
 `train` images under `data_root` (`data.pool_transform`: Zipf class shares, near-duplicate bursts) and evaluates on

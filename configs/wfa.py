@@ -12,7 +12,8 @@ arXiv 2103.00020) with a learnable temperature over the global batch; `--config.
 loss (arXiv 2303.15343). The aggregated modes add every encoded caption as its own text-to-image query, each original
 caption alike (`text.caption_loss` = 1; chosen here, not the paper's): retrieval queries one caption at a time,
 and on UC Merced the aggregate alone trained a text tower whose single captions retrieve worse than `single`'s
-(mR 0.17 against 0.23 at 64,000 examples; 0.23 with the term, `docs/wfa_results.md`). Both towers train from scratch (`init_from` a DINO release and `text.lock_image` for LiT).
+(`bleu` mR 0.17 against 0.23 at 64,000 examples; 0.24 with the term against 0.24, `docs/wfa_results.md`). Both
+towers train from scratch (`init_from` a DINO release and `text.lock_image` for LiT).
 
 Data: the simulator with generated captions (phenomenon, wind, sea state; 40 % of an image's captions repeat
 another, `text.repeat_fraction`), or `data=ucm`: the real UC Merced images with UCM-captions

@@ -9,9 +9,10 @@ packs the one caption it draws per image, C = B) and encoded; the WFA aggregatio
 sigmoid loss (SigLIP, arXiv 2303.15343) over the global batch, weighted per sample, plus (`text.caption_loss`)
 every encoded caption as its own text-to-image query, each original caption alike
 (`contrastive.caption_to_image_loss`: the benchmarks query one caption at a time, and the aggregate alone trains one
-target per image); AdamW at the scheduled lr and
-weight decay (the image tower untouched under `text.lock_image`, LiT, arXiv 2111.07991); the teacher is a copy of
-the student (no EMA: what evaluation, embedding and the release read are the trained weights); the per-sample losses into the loss-statistics table, so every pruning policy works for image-text runs too.
+target per image); AdamW at the scheduled lr and weight decay (the image tower untouched under
+`text.lock_image`, LiT, arXiv 2111.07991); the teacher is a copy of the student (no EMA: what evaluation,
+embedding and the release read are the trained weights); the per-sample losses into the loss-statistics table, so
+every pruning policy works for image-text runs too.
 Metrics count the text tokens the tower ran against those of every original caption: the compute folding saves.
 """
 from __future__ import annotations
