@@ -34,16 +34,26 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
-def _similarity(image_feats: jax.Array, text_feats: jax.Array) -> jax.Array:
-    """Cosine similarities [B, B] (rows: images, columns: texts) in full float32 precision.
+def _cosine(rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """Cosine similarities [N, M] of [N, D] and [M, D] features in full float32 precision.
 
     HIGHEST keeps GPUs from rounding through TF32: the logits are scaled by up to 100 afterwards, and the matmul
-    (B^2 D) is small next to the towers.
+    (N M D) is small next to the towers.
     """
+    return jnp.matmul(_l2_normalize(rows), _l2_normalize(cols).T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _similarity(image_feats: jax.Array, text_feats: jax.Array) -> jax.Array:
+    """Cosine similarities [B, B] of paired features (rows: images, columns: texts)."""
     if image_feats.ndim != 2 or image_feats.shape != text_feats.shape:
         raise ValueError(f"contrastive loss: image and text features must both be [B, D], got {image_feats.shape} "
                          f"and {text_feats.shape}")
-    return jnp.matmul(_l2_normalize(image_feats), _l2_normalize(text_feats).T, precision=jax.lax.Precision.HIGHEST)
+    return _cosine(image_feats, text_feats)
+
+
+def _clip_scale(log_scale: jax.Array, max_scale: float) -> jax.Array:
+    """InfoNCE's logit scale exp(log_scale), log_scale clipped to [0, log max_scale] as CLIP does."""
+    return jnp.exp(jnp.clip(jnp.asarray(log_scale, jnp.float32), 0.0, math.log(max_scale)))
 
 
 def _weighted_mean(per_sample: jax.Array, weights: jax.Array | None) -> jax.Array:
@@ -73,7 +83,7 @@ def clip_loss(image_feats: jax.Array, text_feats: jax.Array, log_scale: jax.Arra
         aux: {"logit_scale": s, "ce_image_to_text", "ce_text_to_image": unweighted means,
             "accuracy_image_to_text": share of images whose own text is the most similar}.
     """
-    scale = jnp.exp(jnp.clip(jnp.asarray(log_scale, jnp.float32), 0.0, math.log(max_scale)))
+    scale = _clip_scale(log_scale, max_scale)
     logits = scale * _similarity(image_feats, text_feats)
     positive = jnp.diagonal(logits)
     image_to_text = jax.nn.logsumexp(logits, axis=1) - positive  # [B]: image i against every text
@@ -115,10 +125,9 @@ def caption_to_image_loss(image_feats: jax.Array, caption_feats: jax.Array, capt
     if image_feats.shape != (b, d) or caption_weights.shape != (b, m):
         raise ValueError(f"caption_to_image_loss: want image [B, D], captions [B, m, D] and weights [B, m], got "
                          f"{image_feats.shape}, {caption_feats.shape} and {caption_weights.shape}")
-    log_scale = jnp.asarray(log_scale, jnp.float32)
-    scale = jnp.exp(log_scale if bias is not None else jnp.clip(log_scale, 0.0, math.log(max_scale)))
-    logits = scale * jnp.matmul(_l2_normalize(caption_feats.reshape(b * m, d)), _l2_normalize(image_feats).T,
-                                precision=jax.lax.Precision.HIGHEST)  # [B m, B]
+    scale = (_clip_scale(log_scale, max_scale) if bias is None
+             else jnp.exp(jnp.asarray(log_scale, jnp.float32)))
+    logits = scale * _cosine(caption_feats.reshape(b * m, d), image_feats)  # [B m, B]
     own = jnp.repeat(jnp.arange(b), m)
     if bias is None:
         positive = jnp.take_along_axis(logits, own[:, None], axis=1)[:, 0]
