@@ -58,24 +58,28 @@ per sample, so 50, 40 and 40 GB, inside an 80 GB H100 too (72 GB at 0.9). S/8 at
 would need about 77 GB by the count and 160 GB by the bound. S/16 at 256 needs 0.09 s per step for
 the goal's 2,800 samples/s. An out-of-memory case is recorded as failed and the others still run.
 
-The device machine has Python 3.12, JAX 0.11, flax, optax, orbax and numpy, no network, and not
-the project's other dependencies. What each case imports (read from the benchmarks and the modules
-they load): `train_step_*` and `pruning_1m` need absl, ml_collections, grain (`oceansar.checkpoint`,
-`oceansar.data.pipeline`), tqdm, Pillow and tifffile (`oceansar.data`); `loader_256` needs absl and
-grain; `dedup_1m` needs pytest (it imports its numpy reference from `tests/test_dedup.py`);
-`kmeans_1m`, `recluster_1m` and `hierarchical_1m` need jax and numpy only. The JSON's
-`dependencies` says which are missing there. Grain, array_record, Pillow and PyYAML are compiled, so
-the wheels are fetched for the device's Python and platform: on a networked machine,
+The device machine has Python 3.12, JAX 0.11, flax, optax, orbax and numpy (`DEVICE_HAS`), no
+network, and not the project's other dependencies. Each case's `needs` lists the modules its
+benchmark imports at module level, through every project module and config it loads
+(`tests/test_device_suite.py` reads the imports and checks the lists): `train_step_*` and
+`pruning_1m` need absl, ml_collections, grain, tqdm, Pillow, tifffile and tokenizers (`oceansar.data`
+and `oceansar.experiment`); `loader_256` needs absl and grain; `dedup_1m` needs pytest (its numpy
+reference is `tests/test_dedup.py`'s); `kmeans_1m`, `recluster_1m` and `hierarchical_1m` need jax and
+numpy only. The JSON's `dependencies` says which are missing there. The distributions to carry are
+`WHEELS`; several are compiled, so they are fetched for the device's Python and platform on a
+networked machine, and installed from the carried folder in the one device call, before the suite
+(pip leaves an installed numpy alone). `--list` prints both commands; for an x86-64 host:
 
     pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-        --platform manylinux_2_28_x86_64 -d .whl grain ml_collections absl-py tqdm tifffile pillow pytest
+        --platform manylinux_2_28_x86_64 -d .whl grain ml_collections absl-py tqdm tifffile pillow \
+        pytest tokenizers
+    # the device call, carry=[".whl"] (`.whl/` is git-ignored; 40 MB with the dependencies):
+    pip install -q --no-index --find-links .whl grain ml_collections absl-py tqdm tifffile pillow \
+        pytest tokenizers; PYTHONPATH=. python -m benchmarks.device_suite --out=$OUT/device_suite.json
 
-(31 MB with their dependencies, numpy among them; `aarch64` platforms for a Grace host, whose
-`host.machine` the JSON reports; `.whl/` is git-ignored, so the call passes `carry=[".whl"]`), then
-in the one device call, before the suite (pip leaves an installed numpy alone):
-
-    pip install -q --no-index --find-links .whl grain ml_collections absl-py tqdm tifffile pillow pytest; \
-    PYTHONPATH=. python -m benchmarks.device_suite --out=$OUT/device_suite.json
+(`aarch64` platforms for a Grace host, whose `host.machine` the JSON reports.) Rehearsed on the CPU in a
+Python 3.12 environment holding only `DEVICE_HAS` and these wheels, installed with `--no-index`: every
+case ran.
 
 Cases run one at a time, in this order: train_step_s16, kmeans_1m, recluster_1m, pruning_1m (the
 goals), then train_step_s8, train_step_b8, hierarchical_1m, dedup_1m, loader_256. The default budget
@@ -127,8 +131,12 @@ POOL_1M = {"N": 1_000_000, "M": 500_000, "n_keep": 250_000, "T_s": 4}
 
 # Modules each benchmark imports, directly or through the project modules it loads.
 _CURATION = ("jax", "numpy")
-_STEP = ("jax", "numpy", "flax", "optax", "orbax.checkpoint", "absl", "ml_collections", "grain", "tqdm", "PIL",
-         "tifffile")
+_STEP = ("jax", "ml_dtypes", "numpy", "flax", "optax", "orbax.checkpoint", "absl", "ml_collections", "grain",
+         "tqdm", "PIL", "tifffile", "tokenizers")
+# What the device machine has installed (ml_dtypes is jax's own dependency), and the distributions a device
+# call carries as wheels for the rest of the cases' needs.
+DEVICE_HAS = ("jax", "ml_dtypes", "numpy", "flax", "optax", "orbax.checkpoint")
+WHEELS = ("grain", "ml_collections", "absl-py", "tqdm", "tifffile", "pillow", "pytest", "tokenizers")
 _SMOKE = "--config=configs/oceansar1.py:smoke"
 _SMOKE_STEP = (_SMOKE, "--steps=2", "--repeats=1", "--warmup=1", "--ceiling_size=256")
 
@@ -456,9 +464,8 @@ def host_info() -> dict[str, Any]:
 
 def versions() -> dict[str, str | None]:
     """Installed versions of JAX and the project's dependencies (None: not installed)."""
-    dists = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax", "optax", "orbax-checkpoint", "numpy",
-             "grain", "ml_collections", "absl-py", "tqdm", "pillow", "tifffile", "pytest")
-    return {"python": platform.python_version()} | {d: _version(d) for d in dists}
+    dists = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "flax", "optax", "orbax-checkpoint", "numpy")
+    return {"python": platform.python_version()} | {d: _version(d) for d in dists + WHEELS}
 
 
 def _dig(obj: Any, *keys: str | int) -> Any:
@@ -601,12 +608,24 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def wheel_commands(folder: str = ".whl") -> dict[str, str]:
+    """The commands that fetch `WHEELS` for an x86-64 Python 3.12 host (on a networked machine) and install
+    them from `folder` on the device machine, then run the suite."""
+    platforms = ("--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64")
+    return {"download": shlex.join(["pip", "download", "--only-binary=:all:", "--python-version", "3.12",
+                                    *platforms, "-d", folder, *WHEELS]),
+            "device": shlex.join(["pip", "install", "-q", "--no-index", "--find-links", folder, *WHEELS])
+            + "; PYTHONPATH=. python -m benchmarks.device_suite --out=$OUT/device_suite.json"}
+
+
 def _list(mode: str, names: Sequence[str] | None) -> dict[str, Any]:
-    """What `--list` prints: each case's name, what it measures, timeout, modules and command."""
+    """What `--list` prints: each case's name, what it measures, timeout, modules and command, and the
+    commands that carry the wheels the device machine lacks."""
     needs = {c.name: ",".join(c.needs) for c in CASES}
     return {"mode": mode, "cases": [{"name": p.name, "what": p.what, "timeout_s": p.timeout_s,
                                      "needs": needs[p.name], "command": shlex.join(["python", *p.command[1:]])}
-                                    for p in plan(mode, names)]}
+                                    for p in plan(mode, names)],
+            "wheels": wheel_commands()}
 
 
 def _interrupt(signum, frame) -> None:

@@ -4,8 +4,11 @@ The suite is run as the device machine runs it, in a subprocess, at its reduced 
 its case runner is also driven directly with commands that fail, hang or print noise around their
 JSON, since a device session cannot afford a suite that loses results to one bad case.
 """
+import ast
+import importlib.metadata
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -66,6 +69,8 @@ def test_list_names_every_full_mode_case():
         assert listed["command"].startswith(f"python -m benchmarks.{case.module} "), listed
         assert listed["timeout_s"] == case.timeout_s[0]
     assert "--dtype=bfloat16" in listing["cases"][0]["command"]
+    assert listing["wheels"]["download"].endswith(" ".join(device_suite.WHEELS))
+    assert "--no-index" in listing["wheels"]["device"] and "benchmarks.device_suite" in listing["wheels"]["device"]
     assert _suite("--cases=nope", timeout=60).returncode == 2
 
 
@@ -100,6 +105,69 @@ def test_last_json_object_skips_noise_and_truncated_reports():
     assert device_suite.last_json_object(text) == {"cases": [{"x": 1}]}
     assert device_suite.last_json_object("no json here") is None
     assert device_suite.last_json_object('[1, 2]\n"s"') is None
+
+
+def _imports_at_load(path: pathlib.Path) -> set[str]:
+    """Names `path` imports when loaded: module-level imports, also under `if` and `try`, not in functions."""
+    def walk(body):
+        for node in body:
+            if isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}: relative import"
+                yield node.module
+                yield from (f"{node.module}.{a.name}" for a in node.names)  # a submodule, or just a name
+            elif isinstance(node, ast.If):
+                yield from walk(node.body + node.orelse)
+            elif isinstance(node, ast.Try):
+                yield from walk(node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body])
+    return set(walk(ast.parse(path.read_text()).body))
+
+
+def _project_file(name: str) -> pathlib.Path | None:
+    # tests/ is on the path of benchmarks that import a test's reference (benchmarks/dedup.py).
+    for base in (ROOT, ROOT / "tests"):
+        stem = base.joinpath(*name.split("."))
+        for path in (stem.with_suffix(".py"), stem / "__init__.py"):
+            if path.is_file():
+                return path
+    return None
+
+
+def third_party_imports(*entries: pathlib.Path) -> set[str]:
+    """Top-level third-party modules loaded by running `entries`: their imports at load time, and those of
+    every project module they load (importing `a.b.c` loads `a`, `a.b` and `a.b.c`)."""
+    found, seen, todo = set(), set(), list(entries)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports_at_load(path):
+            parts = name.split(".")
+            files = [f for i in range(1, len(parts) + 1) if (f := _project_file(".".join(parts[:i])))]
+            todo += files
+            if not files and not (ROOT / parts[0]).is_dir() and parts[0] not in sys.stdlib_module_names | {
+                    "__future__"}:  # a directory of the checkout is a namespace package: configs/
+                found.add(parts[0])
+    return found
+
+
+def test_each_case_needs_what_its_benchmark_imports_and_the_device_gets_it():
+    # A module missing on the device machine fails the case there, where a rerun costs minutes of a short lease.
+    provided = importlib.metadata.packages_distributions()
+    carried = {d.lower().replace("_", "-") for d in device_suite.WHEELS}
+    for case in device_suite.CASES:
+        entries = [ROOT / "benchmarks" / f"{case.module}.py"]
+        entries += [ROOT / arg.split("=", 1)[1].split(":")[0] for arg in case.full if arg.startswith("--config=")]
+        needs = {n.split(".")[0] for n in case.needs}
+        imported = third_party_imports(*entries)
+        assert imported <= needs, (case.name, sorted(imported - needs))
+        for name in needs - {n.split(".")[0] for n in device_suite.DEVICE_HAS}:
+            dists = {d.lower().replace("_", "-") for d in provided.get(name, ())}
+            assert dists & carried, (case.name, name, sorted(dists))
+    assert {"tokenizers", "grain", "tifffile"} <= third_party_imports(ROOT / "benchmarks" / "train_step.py")
+    assert third_party_imports(ROOT / "benchmarks" / "hierarchical.py") == {"jax", "numpy"}
 
 
 def test_missing_modules_are_found_without_importing_them():
