@@ -23,7 +23,9 @@ Goals of the issue, on one H100/H200 (dense bf16 peak 989 TFLOP/s, `oceansar.flo
 
 - DINO ViT-S/16 multi-crop training (2 x 224 global + 8 x 96 local crops) at >= 35 % MFU, about
   2,800 samples/s: `train_step_s16` (which also times the DINOv2 objective's step, iBOT + KoLeo, in
-  its `objectives` and `ratios`); S/8 and B/8 at the same crops: `train_step_s8`, `train_step_b8`.
+  its `objectives` and `ratios`); `train_step_s16_cudnn` times the DINO step with cuDNN's flash
+  attention (`model.attention = "cudnn"`), and `goals.train_step_s16` judges the faster of the two,
+  naming it; S/8 and B/8 at the same crops: `train_step_s8`, `train_step_b8`.
 - The full loop >= 95 % of the step alone with dynamic pruning on. No benchmark times the whole
   loop; `goals.loop_over_step` multiplies the parts that are measured: the re-clustering's share
   (below), the loss-table update's share of the step (`pruning_1m`: the step compiled with and
@@ -52,8 +54,8 @@ of the compiled step on the CPU (`program_report`, temp bytes, linear in the bat
 5.2 GB per sample: an upper bound for a GPU, where bf16 is not widened to f32, so 110, 80 and 83 GB
 at these batches. The suite raises the cases' XLA memory fraction to 0.9 (each case has the device to
 itself), 127 GB on an H200, so all three fit there even at that bound; a count of what the backward
-keeps in bf16 (the attention probabilities are materialised: `jax.nn.dot_product_attention` with no
-`implementation` runs XLA's attention, not cuDNN's, as of JAX 0.10) gives about 0.2, 1.2 and 2.4 GB
+keeps in bf16 (the attention probabilities are materialised: `model.attention = "xla"`, the default,
+runs XLA's attention; cuDNN's flash kernel keeps none) gives about 0.2, 1.2 and 2.4 GB
 per sample, so 50, 40 and 40 GB, inside an 80 GB H100 too (72 GB at 0.9). S/8 at 64 and B/8 at 32
 would need about 77 GB by the count and 160 GB by the bound. S/16 at 256 needs 0.09 s per step for
 the goal's 2,800 samples/s. An out-of-memory case is recorded as failed and the others still run.
@@ -82,14 +84,16 @@ Python 3.12 environment holding only `DEVICE_HAS` and these wheels, installed wi
 case ran.
 
 Cases run one at a time, in this order: train_step_s16, kmeans_1m, recluster_1m, pruning_1m (the
-goals), then train_step_s8, train_step_b8, hierarchical_1m, dedup_1m, loader_256. The default budget
+goals), then train_step_s16_cudnn, train_step_s8, train_step_b8, hierarchical_1m, dedup_1m,
+loader_256, train_step_r50. The default budget
 covers the goals' cases; the rest are `skipped_budget` unless earlier ones finish early, and a later
 session runs them with `--cases=train_step_s8,train_step_b8,...`. Give the device call a timeout of
 at least `--budget_s` + 60 s.
 
 `--mode=reduced` (the default when JAX's backend is the CPU) runs the same cases at smoke sizes (the
 `configs/oceansar1.py:smoke` step, k-means on 4,000 points, ...) in under a minute on a 2-core CPU,
-two at a time (`--jobs`), with a shared compilation cache and XLA's optimisations off: it checks the
+two at a time (`--jobs`), with a shared compilation cache and XLA's optimisations off (the cuDNN case,
+which needs a CUDA GPU, is `skipped`): it checks the
 plumbing, its timings are not measurements and its goals are not judged.
 
     python -m benchmarks.device_suite --list                         # cases and full-mode commands
@@ -150,7 +154,7 @@ class Case:
       module: the benchmark module, run as `python -m benchmarks.<module>`.
       what: one line on what the case measures.
       full: arguments on the accelerator.
-      reduced: arguments of the CPU smoke run.
+      reduced: arguments of the CPU smoke run; None: the case needs a CUDA GPU and has none.
       timeout_s: (full, reduced) seconds before the case is stopped.
       needs: top-level modules the benchmark imports.
     """
@@ -159,7 +163,7 @@ class Case:
     module: str
     what: str
     full: tuple[str, ...]
-    reduced: tuple[str, ...]
+    reduced: tuple[str, ...] | None
     timeout_s: tuple[float, float]
     needs: tuple[str, ...]
 
@@ -182,6 +186,10 @@ CASES: tuple[Case, ...] = (
           "--config.pruning.n_clusters=(102,10,2)", "--steps=10", "--repeats=3", "--update_calls=20"),
          (_SMOKE, "--config.batch_size=16", "--subset_size=32", "--config.pruning.n_clusters=(4,2)", "--steps=1",
           "--repeats=1", "--warmup=1", "--update_calls=2"), (210, 120), _STEP),
+    # The S/16 step again with cuDNN's flash attention (`model.attention`): a kernel JAX never picks by itself.
+    Case("train_step_s16_cudnn", "train_step", "DINO step, ViT-S/16, cuDNN flash attention, bf16, batch 256",
+         ("--config=configs/oceansar1.py:variant=S/16", "--dtype=bfloat16", "--config.model.attention=cudnn",
+          "--batch_size=256", "--steps=10", "--repeats=3", "--objectives=dino"), None, (150, 0), _STEP),
     # Batches chosen to fit an H200 at the CPU's memory analysis and an H100 at a count of the activations
     # (see the module docstring).
     Case("train_step_s8", "train_step", "DINO step, ViT-S/8, 2x224 + 8x96 crops, bf16, batch 32",
@@ -219,6 +227,7 @@ class Planned:
       timeout_s: seconds before the case's process group is stopped.
       missing: modules it needs that this interpreter cannot find; the case is not run when any.
       what: one line on what it measures.
+      skip: why the case does not run in this mode ("" when it runs).
     """
 
     name: str
@@ -226,6 +235,7 @@ class Planned:
     timeout_s: float
     missing: tuple[str, ...] = ()
     what: str = ""
+    skip: str = ""
 
 
 # Set by SIGTERM/SIGINT (an outer timeout): running cases are stopped within a second, none starts after.
@@ -259,8 +269,10 @@ def plan(mode: str, names: Sequence[str] | None = None, python: str = sys.execut
     if unknown:
         raise ValueError(f"unknown case(s) {unknown}; known: {known}")
     index = 0 if mode == "full" else 1
-    return [Planned(c.name, [python, "-m", f"benchmarks.{c.module}", *(c.full if mode == "full" else c.reduced)],
-                    c.timeout_s[index], find_missing(c.needs), c.what)
+    args = {c.name: c.full if mode == "full" else c.reduced for c in CASES}
+    return [Planned(c.name, [python, "-m", f"benchmarks.{c.module}", *(args[c.name] or ())], c.timeout_s[index],
+                    find_missing(c.needs), c.what,
+                    "" if args[c.name] is not None else "needs a CUDA GPU: no reduced run")
             for c in CASES if names is None or c.name in names]
 
 
@@ -363,7 +375,8 @@ def run_cases(cases: Sequence[Planned], *, budget_s: float, started: float | Non
               on_record: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Runs `cases` in order within `budget_s` seconds of `started` (a `time.monotonic()`, default now).
 
-    A case with missing modules is recorded as "missing_dependency", one whose timeout exceeds the time
+    A case with a `skip` reason is recorded as "skipped", one with missing modules as
+    "missing_dependency", one whose timeout exceeds the time
     left when its turn comes as "skipped_budget", and every case after a signal to the suite as
     "skipped_interrupt", all without running; every other case runs (`run_case`) whatever the previous
     ones did. `jobs` > 1 runs that many cases at once: for the CPU smoke run only, where cases share
@@ -384,6 +397,8 @@ def run_cases(cases: Sequence[Planned], *, budget_s: float, started: float | Non
                 "timeout_s": case.timeout_s, "wall_s": 0.0, "result": None}
         if _STOP.is_set():
             record = base | {"status": "skipped_interrupt"}
+        elif case.skip:
+            record = base | {"status": "skipped", "why": case.skip}
         elif case.missing:
             record = base | {"status": "missing_dependency", "missing": list(case.missing)}
         elif left < case.timeout_s:
@@ -491,11 +506,16 @@ def goals(records: Sequence[dict[str, Any]], mode: str = "full") -> dict[str, An
     In reduced mode the values are computed (the smoke run checks this code too) but no goal is judged.
     """
     res = {r["name"]: r.get("result") for r in records}
-    step = res.get("train_step_s16")
+    # The S/16 step with the faster attention kernel; the estimates below use the step the runs would take.
+    steps = {name: res.get(case) for name, case in (("xla", "train_step_s16"), ("cudnn", "train_step_s16_cudnn"))
+             if _dig(res.get(case), "timing", "samples_per_s")}
+    attention = max(steps, key=lambda a: _dig(steps[a], "timing", "samples_per_s")) if steps else None
+    step = steps.get(attention)
     sps, mfu = _dig(step, "timing", "samples_per_s"), _dig(step, "throughput", "mfu")
     out: dict[str, Any] = {"train_step_s16": {
         "mfu": mfu, "goal_mfu": GOAL_MFU, "met": None if mfu is None else mfu >= GOAL_MFU,
-        "samples_per_s": sps, "goal_samples_per_s": GOAL_SAMPLES_PER_S,
+        "samples_per_s": sps, "goal_samples_per_s": GOAL_SAMPLES_PER_S, "attention": attention,
+        "samples_per_s_by_attention": {a: _dig(r, "timing", "samples_per_s") for a, r in steps.items()},
         "peak_tflops_per_device": _dig(step, "throughput", "peak_tflops_per_device")}}
 
     methods = _dig(res.get("kmeans_1m"), "cases", 0, "methods") or {}

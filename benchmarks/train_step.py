@@ -247,6 +247,8 @@ def run(config, notes: dict[str, Any]) -> dict[str, Any]:
             "recipe": spec.name,
             "variant": spec.model.variant,
             "dtype": spec.model.dtype,
+            "attention": spec.model.attention,
+            "remat": spec.model.remat,
             "batch_size": b,
             "image_size": spec.data.image_size,
             "in_channels": spec.model.in_channels,

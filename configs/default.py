@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         drop_path_rate=0.0,        # stochastic depth; tiny nets do not need it
         layer_scale=0.0,           # LayerScale init (DINOv2: 1e-5); 0 = none, as DINO and every release so far
         remat="none",              # none | dots_saveable | full: blocks recomputed in the backward pass (B/8, L/16)
+        attention="xla",           # xla | cudnn (flash kernel: CUDA GPUs, bfloat16/float16)
         out_dim=1024,              # prototypes K (65536 in DINO; scaled to the data)
         hidden_dim=256,
         bottleneck_dim=64,

@@ -81,7 +81,7 @@ def program_report(compiled) -> dict[str, float]:
 def run_spec(config) -> RunSpec:
     """The validated spec of a training config, checked against this job's devices and processes."""
     return RunSpec.from_config(config, num_devices=config.num_devices or jax.device_count(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), platform=jax.default_backend())
 
 
 def _evaluator(spec: RunSpec, name: str, e, tokenizer) -> Evaluator | ImageTextEvaluator:

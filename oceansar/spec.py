@@ -23,6 +23,7 @@ from oceansar.data.safe import POLARISATIONS as SAFE_POLARISATIONS
 from oceansar.errors import ConfigError
 from oceansar.models.backbone import describe
 from oceansar.models.vit import _SIZES as VIT_SIZES
+from oceansar.models.vit import ATTENTION
 
 SOURCES = ("synthetic_wv", "folder", "wv_files", "tfds", "captions", "safe")
 EVAL_SOURCES = ("synthetic_wv", "folder", "tfds", "opensarship", "captions", "safe")
@@ -211,6 +212,7 @@ class ModelSpec:
     drop_path_rate: float
     layer_scale: float         # LayerScale init (DINOv2, arXiv 2103.17239); 0 = none
     remat: str                 # none | dots_saveable | full: what each block keeps for the backward pass
+    attention: str             # xla | cudnn: jax.nn.dot_product_attention's implementation
     out_dim: int               # DINO prototypes K
     hidden_dim: int
     bottleneck_dim: int
@@ -223,7 +225,8 @@ class ModelSpec:
         except ValueError as e:  # its message starts "model.variant: ..."; `build` adds "config.model."
             raise ValueError(str(e).removeprefix("model.")) from None
         if kind == "resnet":
-            for name, default in (("drop_path_rate", 0.0), ("layer_scale", 0.0), ("remat", "none")):
+            for name, default in (("drop_path_rate", 0.0), ("layer_scale", 0.0), ("remat", "none"),
+                                  ("attention", "xla")):
                 _require(getattr(self, name) == default, name,
                          f"{getattr(self, name)!r} is a ViT option; the ResNet {self.variant!r} takes {default!r}")
         for name in ("in_channels", "out_dim", "hidden_dim", "bottleneck_dim"):
@@ -232,6 +235,9 @@ class ModelSpec:
         _require(self.layer_scale >= 0, "layer_scale", f"must be >= 0 (0 = no LayerScale), got {self.layer_scale}")
         _require(self.remat in REMAT, "remat", f"{self.remat!r} is not one of {REMAT}")
         _require(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
+        _require(self.attention in ATTENTION, "attention", f"{self.attention!r} is not one of {ATTENTION}")
+        _require(self.attention != "cudnn" or self.dtype != "float32", "attention",
+                 "cuDNN's flash attention computes in bfloat16 or float16: set model.dtype")
 
     @property
     def patch(self) -> int:
@@ -521,8 +527,10 @@ class RunSpec:
     evals: Mapping[str, EvalSpec]
 
     @classmethod
-    def from_config(cls, config, *, num_devices: int | None = None, process_count: int = 1) -> "RunSpec":
-        """Builds and validates the spec of a recipe; with `num_devices`, also against the devices."""
+    def from_config(cls, config, *, num_devices: int | None = None, process_count: int = 1,
+                    platform: str | None = None) -> "RunSpec":
+        """Builds and validates the spec of a recipe; with `num_devices` (and `platform`, JAX's backend),
+        also against the devices."""
         blocks = {"data": DataSpec, "model": ModelSpec, "crops": MultiCropSpec, "dino": DinoSpec,
                   "ibot": IbotSpec, "text": TextSpec, "optim": OptimSpec, "schedules": ScheduleSpec,
                   "pruning": PruningSpec, "mesh": MeshSpec}
@@ -540,7 +548,7 @@ class RunSpec:
         flat = [f.name for f in dataclasses.fields(cls) if f.name not in values]
         scalars = build(_Top, top, "")  # names unknown / missing top-level fields
         spec = cls(**{n: getattr(scalars, n) for n in flat}, **values)
-        spec.check(num_devices=num_devices, process_count=process_count)
+        spec.check(num_devices=num_devices, process_count=process_count, platform=platform)
         return spec
 
     @property
@@ -556,7 +564,7 @@ class RunSpec:
         grid = self.crops.global_size // self.model.patch
         return masking.max_masked(grid * grid, self.ibot.mask_ratio)
 
-    def check(self, *, num_devices: int | None, process_count: int = 1) -> None:
+    def check(self, *, num_devices: int | None, process_count: int = 1, platform: str | None = None) -> None:
         """Rules across blocks and against the devices; errors name the field."""
         def fail(field, why):
             raise ConfigError(f"config.{field}: {why}")
@@ -597,6 +605,8 @@ class RunSpec:
                 fail(f"evals.{name}.probes", f"{e.probes} need the text tower of an image-text run (text.enabled)")
             if e.image_text and e.source not in ("captions", "synthetic_wv"):
                 fail(f"evals.{name}.source", "image-text probes read the captions source or the simulator's captions")
+        if platform not in (None, "gpu") and self.model.attention == "cudnn":
+            fail("model.attention", f"'cudnn' needs a CUDA GPU; JAX's backend is {platform!r}: set 'xla'")
         if num_devices is None:
             return
         if num_devices % self.mesh.fsdp:

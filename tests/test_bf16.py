@@ -3,10 +3,14 @@ float32 compute with DINO's 65,536-prototype head."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import default
+from oceansar.errors import ConfigError
 from oceansar.experiment import Experiment, run_spec
+from oceansar.spec import RunSpec
+from oceansar.train.state import build_model
 from oceansar.losses import centering, dino
 from oceansar.models.dino_head import DINOModel
 from oceansar.train import step as step_lib
@@ -75,3 +79,19 @@ def test_the_bf16_train_step_keeps_its_state_in_float32():
         jnp.dtype(jnp.float32)}
     assert state.center.shape == (K,) and state.center.dtype == jnp.float32
     assert metrics["train/loss"].dtype == per_sample.dtype == jnp.float32
+
+
+def test_cudnn_attention_is_checked_before_anything_compiles():
+    c = default.get_config("smoke")
+    c.model.update(attention="cudnn", dtype="bfloat16")
+    spec = RunSpec.from_config(c, num_devices=8, platform="gpu")
+    model = build_model(spec)
+    assert {blk.attn.implementation for blk in model.backbone.blocks} == {"cudnn"}
+    with pytest.raises(ConfigError, match=r"config.model.attention: 'cudnn' needs a CUDA GPU; JAX's backend is 'cpu'"):
+        run_spec(c)
+    c.model.dtype = "float32"
+    with pytest.raises(ConfigError, match="config.model.attention: cuDNN's flash attention computes in bfloat16"):
+        RunSpec.from_config(c, num_devices=8, platform="gpu")
+    c.model.update(dtype="bfloat16", variant="R50")
+    with pytest.raises(ConfigError, match="config.model.attention: 'cudnn' is a ViT option"):
+        RunSpec.from_config(c)

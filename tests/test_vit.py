@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from oceansar.models.dino_head import DINOHead, DINOModel
-from oceansar.models.vit import VARIANTS, ViT, parse_variant
+from oceansar.models.vit import VARIANTS, Attention, ViT, parse_variant
 
 
 def _tiny(**kw):
@@ -57,6 +57,31 @@ def test_vit_shapes_two_resolutions_and_masks():
     assert not np.allclose(masked["cls"], out["cls"], atol=1e-4)
     with pytest.raises(ValueError, match="not a multiple of the patch size 8"):
         vit(x[:, :20, :20])
+
+
+def test_attention_asks_jax_for_the_configured_implementation(monkeypatch):
+    # cuDNN's kernel needs a CUDA GPU: the spy records what each call asks for and computes with XLA's.
+    asked, xla = [], jax.nn.dot_product_attention
+
+    def spy(*args, implementation=None, **kwargs):
+        asked.append(implementation)
+        return xla(*args, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype(np.float32)
+    outs = {}
+    for implementation in ("xla", "cudnn"):
+        asked.clear()
+        vit = ViT("mu/8", img_size=16, attention=implementation, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        outs[implementation] = vit(x)["cls"]
+        assert asked == [implementation] * len(vit.blocks)
+    np.testing.assert_array_equal(outs["xla"], outs["cudnn"])  # the same parameters, nothing else changes
+    asked.clear()
+    attn = Attention(32, 2, implementation="cudnn", dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    attn(jnp.ones((2, 5, 32)), mask=jnp.tril(jnp.ones((5, 5), bool)))
+    assert asked == ["xla"]  # a boolean mask (the text tower's) stays on XLA's kernel
+    with pytest.raises(ValueError, match="model.attention: 'flash' is not one of"):
+        ViT("mu/8", img_size=16, attention="flash", rngs=nnx.Rngs(0))
 
 
 def test_drop_path_only_in_train_mode():

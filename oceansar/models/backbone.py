@@ -29,18 +29,20 @@ def describe(variant: str) -> dict:
 
 
 def make_backbone(variant: str, *, img_size: int, in_channels: int, drop_path_rate: float = 0.0,
-                  layer_scale: float = 0.0, remat: str = "none", dtype, param_dtype, rngs: nnx.Rngs
-                  ) -> vit.ViT | resnet.ResNet:
+                  layer_scale: float = 0.0, remat: str = "none", attention: str = "xla", dtype, param_dtype,
+                  rngs: nnx.Rngs) -> vit.ViT | resnet.ResNet:
     """The backbone of `variant`; the ViT-only arguments must keep their defaults for a ResNet.
 
     Raises:
-        ValueError: naming the `model.*` field a ResNet cannot honour (stochastic depth, LayerScale, remat).
+        ValueError: naming the `model.*` field a ResNet cannot honour (stochastic depth, LayerScale, remat,
+            attention).
     """
     if describe(variant)["kind"] == "vit":
         return vit.ViT(variant, img_size=img_size, in_channels=in_channels, drop_path_rate=drop_path_rate,
-                       layer_scale=layer_scale, remat=remat, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                       layer_scale=layer_scale, remat=remat, attention=attention, dtype=dtype,
+                       param_dtype=param_dtype, rngs=rngs)
     for field, value, default in (("drop_path_rate", drop_path_rate, 0.0), ("layer_scale", layer_scale, 0.0),
-                                  ("remat", remat, "none")):
+                                  ("remat", remat, "none"), ("attention", attention, "xla")):
         if value != default:
             raise ValueError(f"model.{field}: {value!r} is a ViT option; the ResNet {variant!r} takes {default!r}")
     return resnet.ResNet(variant, in_channels=in_channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -108,7 +108,8 @@ class DINOModel(nnx.Module):
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int = 1, out_dim: int = 65536,
                  hidden_dim: int = 2048, bottleneck_dim: int = 256, nlayers: int = 3, norm_last_layer: bool = True,
-                 drop_path_rate: float = 0.0, layer_scale: float = 0.0, remat: str = "none", patch_out_dim: int = 0,
+                 drop_path_rate: float = 0.0, layer_scale: float = 0.0, remat: str = "none", attention: str = "xla",
+                 patch_out_dim: int = 0,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         """Builds backbone and heads (see `ViT`, `ResNet` and `DINOHead` for the arguments).
 
@@ -117,7 +118,8 @@ class DINOModel(nnx.Module):
                 with that many prototypes and the DINO head's other dimensions.
         """
         self.backbone = make_backbone(variant, img_size=img_size, in_channels=in_channels,
-                                      drop_path_rate=drop_path_rate, layer_scale=layer_scale, remat=remat, dtype=dtype,
+                                      drop_path_rate=drop_path_rate, layer_scale=layer_scale, remat=remat,
+                                      attention=attention, dtype=dtype,
                                       param_dtype=param_dtype, rngs=rngs)
         head = dict(hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, nlayers=nlayers,
                     norm_last_layer=norm_last_layer, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

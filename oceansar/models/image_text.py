@@ -23,13 +23,14 @@ class ImageTextModel(nnx.Module):
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int, text_size: str, vocab_size: int,
                  context_length: int, embed_dim: int, aggregation: str, loss: str, drop_path_rate: float = 0.0,
-                 layer_scale: float = 0.0, remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 layer_scale: float = 0.0, remat: str = "none", attention: str = "xla", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         """Builds both towers.
 
         Args:
             variant: the image tower's ViT variant ("S/16").
-            img_size, in_channels, drop_path_rate, layer_scale: of the ViT.
+            img_size, in_channels, drop_path_rate, layer_scale, remat, attention: of the ViT (the text tower's
+                masked attention is XLA's).
             text_size: the text tower's size ("S"), vocab_size and context_length: its vocabulary and longest input.
             embed_dim: width of the joint space.
             aggregation: the WFA mode (`oceansar.models.aggregation.MODES`).
@@ -38,8 +39,8 @@ class ImageTextModel(nnx.Module):
             rngs: initialisation randomness.
         """
         self.backbone = ViT(variant, img_size=img_size, in_channels=in_channels, drop_path_rate=drop_path_rate,
-                            layer_scale=layer_scale, remat=remat, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs)
+                            layer_scale=layer_scale, remat=remat, attention=attention, dtype=dtype,
+                            param_dtype=param_dtype, rngs=rngs)
         width = self.backbone.embed_dim
         self.image_proj = nnx.Linear(width, embed_dim, use_bias=False, dtype=jnp.float32, param_dtype=param_dtype,
                                      kernel_init=nnx.initializers.normal(width**-0.5), rngs=rngs)

@@ -34,6 +34,9 @@ _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 # What a block keeps for its backward pass (`model.remat`): everything, its matmul outputs, or its input alone.
 REMAT_POLICIES = {"none": None, "dots_saveable": jax.checkpoint_policies.dots_saveable, "full": None}
+# `jax.nn.dot_product_attention` implementations (`model.attention`): XLA's, which materialises the [T, T]
+# probabilities, or cuDNN's flash kernel (arXiv 2307.08691; CUDA GPUs, bfloat16/float16, head dim a multiple of 8).
+ATTENTION = ("xla", "cudnn")
 
 
 def parse_variant(variant: str) -> dict[str, int]:
@@ -63,10 +66,11 @@ def drop_path(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused qkv projection (bias on, as in DINO's `qkv_bias=True`)."""
 
-    def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, dim: int, heads: int, *, implementation: str = "xla", dtype, param_dtype, rngs: nnx.Rngs):
         if dim % heads:
             raise ValueError(f"model.variant: width {dim} is not divisible by {heads} heads")
         self.heads = heads
+        self.implementation = implementation
         self.qkv = nnx.Linear(dim, 3 * dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
         self.proj = nnx.Linear(dim, dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
 
@@ -83,9 +87,10 @@ class Attention(nnx.Module):
         """
         b, t, d = x.shape
         q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3 * self.heads, d // self.heads), 3, axis=2)
-        # XLA's attention everywhere: with no `implementation`, JAX (0.10) does not choose cuDNN's flash
-        # kernel on GPU, which needs asking for explicitly (bf16, supported head sizes).
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        # JAX (0.10) never picks cuDNN's flash kernel by itself: `implementation` asks for it. A boolean mask
+        # (the text tower's) stays on XLA's, which takes any mask.
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                           implementation="xla" if mask is not None else self.implementation)
         return self.proj(out.reshape(b, t, d))
 
 
@@ -97,10 +102,10 @@ class Block(nnx.Module):
     """
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, drop_path_rate: float, *, layer_scale: float = 0.0,
-                 dtype, param_dtype, rngs: nnx.Rngs):
+                 attention: str = "xla", dtype, param_dtype, rngs: nnx.Rngs):
         self.drop_path_rate = float(drop_path_rate)
         self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.attn = Attention(dim, heads, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attn = Attention(dim, heads, implementation=attention, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm2 = nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc1 = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
         self.fc2 = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, kernel_init=_INIT, rngs=rngs)
@@ -137,8 +142,8 @@ class ViT(nnx.Module):
     """
 
     def __init__(self, variant: str, *, img_size: int, in_channels: int = 1, drop_path_rate: float = 0.0,
-                 layer_scale: float = 0.0, remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 layer_scale: float = 0.0, remat: str = "none", attention: str = "xla", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         """Builds the backbone.
 
         Args:
@@ -150,6 +155,7 @@ class ViT(nnx.Module):
                 both branches of every block, as DINOv2 (1e-5).
             remat: rematerialisation of each block in the backward pass: "none", "dots_saveable" (keep the
                 matmul outputs, recompute the rest) or "full" (keep only each block's input).
+            attention: `jax.nn.dot_product_attention`'s implementation, "xla" or "cudnn" (see `ATTENTION`).
             dtype: compute dtype (bfloat16 on GPU/TPU); outputs are returned in float32.
             param_dtype: parameter dtype.
             rngs: initialisation randomness.
@@ -164,6 +170,8 @@ class ViT(nnx.Module):
             raise ValueError(f"model.layer_scale: must be >= 0 (0 = no LayerScale), got {layer_scale}")
         if remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat: {remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        if attention not in ATTENTION:
+            raise ValueError(f"model.attention: {attention!r} is not one of {ATTENTION}")
         self.remat = remat
         self.variant = variant
         self.patch = cfg["patch"]
@@ -177,8 +185,8 @@ class ViT(nnx.Module):
         self.mask_token = nnx.Param(jnp.zeros((1, cfg["width"]), param_dtype))
         rates = np.linspace(0.0, drop_path_rate, cfg["depth"]).tolist()
         self.blocks = nnx.List([
-            Block(cfg["width"], cfg["heads"], cfg["mlp_dim"], rate, layer_scale=layer_scale, dtype=dtype,
-                  param_dtype=param_dtype, rngs=rngs)
+            Block(cfg["width"], cfg["heads"], cfg["mlp_dim"], rate, layer_scale=layer_scale, attention=attention,
+                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             for rate in rates
         ])
         self.norm = nnx.LayerNorm(cfg["width"], epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -53,12 +53,13 @@ def build_model(run: RunSpec) -> DINOModel | ImageTextModel:
             model.variant, img_size=run.crops.global_size, in_channels=model.in_channels, text_size=text.size,
             vocab_size=text.vocab_size, context_length=text.context_length, embed_dim=text.embed_dim,
             aggregation=text.aggregation, loss=text.loss, drop_path_rate=model.drop_path_rate,
-            layer_scale=model.layer_scale, remat=model.remat, dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(run.seed))
+            layer_scale=model.layer_scale, remat=model.remat, attention=model.attention, dtype=jnp.dtype(model.dtype),
+            rngs=nnx.Rngs(run.seed))
     return DINOModel(
         model.variant, img_size=run.crops.global_size, in_channels=model.in_channels, out_dim=model.out_dim,
         hidden_dim=model.hidden_dim, bottleneck_dim=model.bottleneck_dim,
         norm_last_layer=model.norm_last_layer, drop_path_rate=model.drop_path_rate, layer_scale=model.layer_scale,
-        remat=model.remat,
+        remat=model.remat, attention=model.attention,
         patch_out_dim=run.patch_prototypes if ibot.enabled and ibot.separate_head else 0,
         dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(run.seed))
 
