@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip_corrupt=False,        # True: skip and count unreadable files instead of failing
         mean=0.5,                  # input standardisation of uint8/255 pixels (dB-linear)
         std=0.25,
-        worker_count=0,            # Grain worker processes; 0 reads in the main process
+        worker_count=0,            # Grain worker processes; 0 reads in the main process, -1 = usable cores - 1
         cache=True,                # read the pool (and the eval splits) into memory once: the
                                    # simulator renders ~1 ms/image, more than a CPU train step costs
         pool_transform=dict(       # a redundant, heavy-tailed pool built from a labelled source, with its

@@ -180,7 +180,7 @@ class DataSpec:
     skip_corrupt: bool
     mean: float                # input standardisation of uint8 / 255 pixels
     std: float
-    worker_count: int
+    worker_count: int          # Grain worker processes; -1 = one per usable core less one (at most 32)
     cache: bool
     pool_transform: PoolSpec   # a redundant, heavy-tailed pool over a labelled source
     duplication: DuplicationSpec  # a base subset with controlled duplication (its copies made as pool_transform's)
@@ -192,7 +192,8 @@ class DataSpec:
         _require(self.source in SOURCES, "source", f"unknown source {self.source!r}; known: {SOURCES}")
         _require(self.image_size > 0, "image_size", f"must be positive, got {self.image_size}")
         _require(self.std > 0, "std", f"must be positive, got {self.std}")
-        _require(self.worker_count >= 0, "worker_count", f"must be >= 0, got {self.worker_count}")
+        _require(self.worker_count >= -1, "worker_count",
+                 f"must be >= 0, or -1 for one per usable core less one, got {self.worker_count}")
         if self.source == "synthetic_wv":
             _require(self.num_samples > 0, "num_samples", f"must be positive, got {self.num_samples}")
         if self.source in ("folder", "wv_files", "safe"):

@@ -1,13 +1,19 @@
 """Grain pipeline. Epochs: coverage, order determinism, weights, shards, exact resume. Inference passes:
-order, padding, per-process rows, read_batch vs record reads, errors."""
+order, padding, per-process rows, read_batch vs record reads, errors. The host-sized worker count."""
+import os
+
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import default
+from oceansar.data import pipeline
 from oceansar.data.pipeline import (epoch_dataset, epoch_order, inference_dataset, inference_rows,
                                     steps_per_epoch)
 from oceansar.data.selection import Selection
+from oceansar.errors import ConfigError
+from oceansar.spec import RunSpec
 
 
 class _IndexSource:
@@ -301,3 +307,14 @@ def test_inference_errors_name_the_record():
 
     with pytest.raises(ValueError, match="source batch from record 4 has images"):
         list(inference_dataset(RaggedColumns(12), np.arange(12), batch_size=4))
+
+
+def test_auto_worker_count_follows_the_cores_this_process_may_use(monkeypatch):
+    for cores, workers in ((1, 0), (2, 1), (16, 15), (128, pipeline.MAX_AUTO_WORKERS)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert pipeline.host_worker_count(pipeline.AUTO_WORKERS) == workers
+    assert pipeline.host_worker_count(0) == 0 and pipeline.host_worker_count(5) == 5
+    c = default.get_config("smoke")
+    c.data.worker_count = -2
+    with pytest.raises(ConfigError, match="config.data.worker_count: must be >= 0, or -1 for one per usable core"):
+        RunSpec.from_config(c)

@@ -23,6 +23,7 @@ so worker processes stay light.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from typing import Any
 
@@ -31,6 +32,21 @@ import numpy as np
 from absl import flags
 
 from oceansar.data.selection import Selection
+
+# `data.worker_count = AUTO_WORKERS` sizes the pool from the host. The cap: past a few dozen workers each
+# holds its buffered batches in shared memory while the step cannot consume more.
+AUTO_WORKERS = -1
+MAX_AUTO_WORKERS = 32
+
+
+def host_worker_count(requested: int) -> int:
+    """Grain workers for `data.worker_count`: itself when >= 0; for `AUTO_WORKERS`, the cores this process
+    may run on (its affinity, which SLURM's --cpus-per-task sets) less one for the training loop, at most
+    `MAX_AUTO_WORKERS`."""
+    if requested != AUTO_WORKERS:
+        return requested
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(max(usable - 1, 0), MAX_AUTO_WORKERS)
 
 
 def ignore_signals(*_) -> None:

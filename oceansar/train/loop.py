@@ -64,12 +64,14 @@ class _Feed:
     def __init__(self, source, exp: Experiment):
         self.source, self.spec = source, exp.spec
         self.local_batch = exp.spec.batch_size // jax.process_count()
+        self.workers = pipeline.host_worker_count(exp.spec.data.worker_count)
+        if exp.spec.data.worker_count == pipeline.AUTO_WORKERS:
+            logging.info("data.worker_count = -1: %d Grain workers for this host", self.workers)
 
     def open(self, run: RunState):
         return iter(pipeline.epoch_dataset(
             self.source, run.served, seed=self.spec.seed, epoch=run.epoch, batch_size=self.local_batch,
-            shard_index=jax.process_index(), shard_count=jax.process_count(),
-            worker_count=self.spec.data.worker_count))
+            shard_index=jax.process_index(), shard_count=jax.process_count(), worker_count=self.workers))
 
     def steps(self, run: RunState) -> int:
         return pipeline.steps_per_epoch(len(run.served), self.local_batch, jax.process_count())
