@@ -49,16 +49,17 @@ Goals of the issue, on one H100/H200 (dense bf16 peak 989 TFLOP/s, `oceansar.flo
 - Also timed: SemDeDup on 1M x 256 (`dedup_1m`) and a 4-level hierarchical k-means on 1M x 128
   (`hierarchical_1m`, bfloat16 screening).
 
-Batch sizes per device (bf16 compute, f32 params): S/16 256, S/8 32, B/8 16. XLA's memory analysis
-of the compiled step on the CPU (`program_report`, temp bytes, linear in the batch) gives 0.43, 2.5 and
-5.2 GB per sample: an upper bound for a GPU, where bf16 is not widened to f32, so 110, 80 and 83 GB
-at these batches. The suite raises the cases' XLA memory fraction to 0.9 (each case has the device to
-itself), 127 GB on an H200, so all three fit there even at that bound; a count of what the backward
-keeps in bf16 (the attention probabilities are materialised: `model.attention = "xla"`, the default,
-runs XLA's attention; cuDNN's flash kernel keeps none) gives about 0.2, 1.2 and 2.4 GB
-per sample, so 50, 40 and 40 GB, inside an 80 GB H100 too (72 GB at 0.9). S/8 at 64 and B/8 at 32
-would need about 77 GB by the count and 160 GB by the bound. S/16 at 256 needs 0.09 s per step for
-the goal's 2,800 samples/s. An out-of-memory case is recorded as failed and the others still run.
+Batch sizes per device (bf16 compute, f32 params): S/16 256, S/8 32, B/8 16, each with smaller
+fallbacks tried when a step runs out of memory (`--fallback_batch_sizes`, recorded as
+`batch_fallback`). `benchmarks/step_memory.py` reads the sizes off the compiled step on a CPU: the
+residuals the backward keeps (a jaxpr count before XLA's fusion, an upper bound; the attention
+probabilities are among them with `model.attention = "xla"`) are 250 MiB, 1.38 GiB and 2.75 GiB per
+sample without remat, so 62, 44 and 44 GiB at these batches; XLA:CPU's temporaries (bf16 widened to
+float32 there) are 0.35, 1.94 and 3.88 GiB per sample, 90, 62 and 62 GiB. The suite raises the cases'
+XLA memory fraction to 0.9 (each case has the device to itself): 127 GB on an H200 holds every case
+at either count, 72 GB on an H100 holds them by the residuals, S/16 at 256 with little room, hence
+the fallbacks. S/16 at 256 needs 0.09 s per step for the goal's 2,800 samples/s. A case that runs
+out of memory at its last fallback is recorded as failed and the others still run.
 
 The device machine has Python 3.12, JAX 0.11, flax, optax, orbax and numpy (`DEVICE_HAS`), no
 network, and not the project's other dependencies. Each case's `needs` lists the modules its
@@ -85,7 +86,7 @@ case ran.
 
 Cases run one at a time, in this order: train_step_s16, kmeans_1m, recluster_1m, pruning_1m (the
 goals), then train_step_s16_cudnn, train_step_s8, train_step_b8, hierarchical_1m, dedup_1m,
-loader_256, train_step_r50. The default budget
+loader_256, train_step_r50, step_memory. The default budget
 covers the goals' cases; the rest are `skipped_budget` unless earlier ones finish early, and a later
 session runs them with `--cases=train_step_s8,train_step_b8,...`. Give the device call a timeout of
 at least `--budget_s` + 60 s.
@@ -171,7 +172,8 @@ class Case:
 CASES: tuple[Case, ...] = (
     Case("train_step_s16", "train_step", "DINO and DINOv2 steps, ViT-S/16, 2x224 + 8x96 crops, bf16, batch 256",
          ("--config=configs/oceansar1.py:variant=S/16", "--dtype=bfloat16", "--batch_size=256", "--steps=10",
-          "--repeats=3", "--objectives=dino,dinov2"), _SMOKE_STEP + ("--objectives=dino,dinov2",), (240, 120),
+          "--repeats=3", "--objectives=dino,dinov2", "--fallback_batch_sizes=128,64"),
+         _SMOKE_STEP + ("--objectives=dino,dinov2",), (240, 120),
          _STEP),
     Case("kmeans_1m", "kmeans", "k-means 1M x 128 -> 10,000, 10 iterations, float32 and bf16 screening",
          ("--n=1000000", "--d=128", "--k=10000", "--iters=10", "--repeats=3", "--peers=", "--skip_large"),
@@ -189,15 +191,16 @@ CASES: tuple[Case, ...] = (
     # The S/16 step again with cuDNN's flash attention (`model.attention`): a kernel JAX never picks by itself.
     Case("train_step_s16_cudnn", "train_step", "DINO step, ViT-S/16, cuDNN flash attention, bf16, batch 256",
          ("--config=configs/oceansar1.py:variant=S/16", "--dtype=bfloat16", "--config.model.attention=cudnn",
-          "--batch_size=256", "--steps=10", "--repeats=3", "--objectives=dino"), None, (150, 0), _STEP),
+          "--batch_size=256", "--steps=10", "--repeats=3", "--objectives=dino", "--fallback_batch_sizes=128,64"),
+         None, (150, 0), _STEP),
     # Batches chosen to fit an H200 at the CPU's memory analysis and an H100 at a count of the activations
     # (see the module docstring).
     Case("train_step_s8", "train_step", "DINO step, ViT-S/8, 2x224 + 8x96 crops, bf16, batch 32",
          ("--config=configs/oceansar1.py:variant=S/8", "--dtype=bfloat16", "--batch_size=32", "--steps=5",
-          "--repeats=2", "--objectives=dino"), _SMOKE_STEP + ("--objectives=dino",), (150, 90), _STEP),
+          "--repeats=2", "--objectives=dino", "--fallback_batch_sizes=16,8"), _SMOKE_STEP + ("--objectives=dino",), (150, 90), _STEP),
     Case("train_step_b8", "train_step", "DINO step, ViT-B/8, 2x224 + 8x96 crops, bf16, batch 16",
          ("--config=configs/oceansar1.py:variant=B/8", "--dtype=bfloat16", "--batch_size=16", "--steps=5",
-          "--repeats=2", "--objectives=dino"), _SMOKE_STEP + ("--objectives=dino",), (150, 90), _STEP),
+          "--repeats=2", "--objectives=dino", "--fallback_batch_sizes=8"), _SMOKE_STEP + ("--objectives=dino",), (150, 90), _STEP),
     Case("hierarchical_1m", "hierarchical", "4-level hierarchical k-means, 1M x 128, k=10000/2000/500/100, bf16",
          ("--compute_dtype=bfloat16",),
          ("--n=3000", "--d=16", "--k=60,20,5,2", "--n_resamples=1", "--n_iters=2", "--compute_dtype=bfloat16"),
@@ -212,8 +215,12 @@ CASES: tuple[Case, ...] = (
     # OceanSAR-1's convolutional baseline, last: it runs when the budget has room after the issue's goals.
     Case("train_step_r50", "train_step", "DINO step, ResNet-50, 2x224 + 8x96 crops, bf16, batch 128",
          ("--config=configs/oceansar1.py:variant=R50", "--dtype=bfloat16", "--batch_size=128", "--steps=5",
-          "--repeats=2", "--objectives=dino"),
+          "--repeats=2", "--objectives=dino", "--fallback_batch_sizes=64,32"),
          (_SMOKE + ",variant=R50",) + _SMOKE_STEP[1:] + ("--objectives=dino",), (150, 90), _STEP),
+    # Compiles only: the accelerator's own memory analysis of the step, where remat's saving shows (not on a CPU).
+    Case("step_memory", "step_memory", "compiled step memory, S/16 and B/8, remat none/full, 64 per device",
+         ("--variants=S/16,B/8", "--batch_per_device=64", "--remat=none,full", "--fsdp=1"),
+         ("--variants=mu/8", "--batch_per_device=2", "--remat=none,full", "--fsdp=1"), (240, 90), _STEP),
 )
 
 

@@ -22,7 +22,12 @@ one run: DINO's (the recipe with the iBOT and KoLeo terms off) and DINOv2's (`co
 dinov2_objective`: iBOT masked patches through the shared head, KoLeo). The top-level report is the
 first objective's; `objectives` holds each one's step time, samples/s and analytic FLOPs (or the error
 of one that failed, e.g. out of memory at a batch the first one fits, without losing the first's
-numbers), and `ratios` the later ones over the first.
+numbers), and `ratios` the later ones over the first (time per sample and analytic FLOPs per sample).
+
+`--fallback_batch_sizes=128,64` retries a step that runs out of device memory at the next smaller batch
+(`batch_fallback` in the report records the batches that did not fit): a device session cannot afford
+to lose its headline case to a batch size guessed from a CPU's memory analysis. Later objectives start
+from the batch the first one fitted.
 
     python -m benchmarks.train_step                                   # configs/default.py (mu/8)
     python -m benchmarks.train_step --variant=S/16 --global_size=224 --local_size=96 --n_local=8 \
@@ -34,6 +39,7 @@ numbers), and `ratios` the later ones over the first.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import pathlib
 import statistics
@@ -82,6 +88,8 @@ _OBJECTIVES = flags.DEFINE_list(
     "objectives", ["dino", "dinov2"], "Objectives timed one after the other: dino (iBOT and KoLeo off), dinov2 "
     "(iBOT + KoLeo on, configs.common.dinov2_objective) and/or wfa (image-text: the same image tower with a text "
     "tower over 5 captions per image, WFA BLEU aggregation, InfoNCE; configs/wfa.py's text block).")
+_FALLBACK = flags.DEFINE_list(
+    "fallback_batch_sizes", [], "Smaller global batches tried in order when a step runs out of device memory.")
 _CEILING = flags.DEFINE_integer(
     "ceiling_size", 0, "Side n of the n x n matmul timed as this device's ceiling; 0 = 2048 on CPU, 8192 "
     "elsewhere.")
@@ -326,22 +334,61 @@ def with_objective(config, objective: str):
     return config
 
 
-def compare_objectives(config, notes: dict[str, Any], objectives: list[str]) -> dict[str, Any]:
-    """`run` for each objective; the first one's report with every objective's headline and the ratios added."""
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the device (or host) running out of memory, as XLA and Python report it."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def run_fitting(config, notes: dict[str, Any], fallback_batch_sizes=()) -> dict[str, Any]:
+    """`run` at `config.batch_size`, then at each smaller batch of `fallback_batch_sizes` while the previous one
+    ran out of memory; `config.batch_size` is left at the batch that ran.
+
+    Raises:
+      whatever `run` raised at the last batch tried, or at any batch for an error other than out-of-memory.
+    """
+    batches = [config.batch_size] + [b for b in fallback_batch_sizes if b < config.batch_size]
+    too_big = []
+    for i, b in enumerate(batches):
+        config.batch_size = b
+        config.total_examples = max(config.total_examples, b)
+        try:
+            report = run(config, notes)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+            if not out_of_memory(e) or i == len(batches) - 1:
+                raise
+            too_big.append({"batch_size": b, "error": f"{type(e).__name__}: {e}"[:300]})
+        else:
+            if too_big:
+                report["batch_fallback"] = {"out_of_memory": too_big, "batch_size": b}
+            return report
+        # The failed attempt's buffers and executables must go before a smaller one allocates.
+        gc.collect()
+        jax.clear_caches()
+    raise AssertionError("unreachable")
+
+
+def compare_objectives(config, notes: dict[str, Any], objectives: list[str],
+                       fallback_batch_sizes=()) -> dict[str, Any]:
+    """`run_fitting` for each objective; the first one's report with every objective's headline and the ratios
+    added."""
     if not objectives:
         raise ValueError("--objectives: give at least one of " + ", ".join(OBJECTIVES))
     first = objectives[0]
-    reports = {first: run(with_objective(config, first), notes)}
+    first_config = with_objective(config, first)
+    reports = {first: run_fitting(first_config, notes, fallback_batch_sizes)}
+    config = copy.deepcopy(config)
+    config.batch_size = first_config.batch_size
     errors = {}
     for name in objectives[1:]:
-        # A later objective that fails (out of memory at a batch the first one fits) must not take the first
+        # A later objective that fails (out of memory even at the smallest batch) must not take the first
         # one's measurement with it: the device time that produced it is the scarce part.
         try:
-            reports[name] = run(with_objective(config, name), notes)
+            reports[name] = run_fitting(with_objective(config, name), notes, fallback_batch_sizes)
         except Exception as e:  # noqa: BLE001 - recorded in the report, whatever XLA raised
             errors[name] = f"{type(e).__name__}: {e}"[:1000]
     out = dict(reports[first], objective=first)
-    out["objectives"] = {name: {"step_ms_best": r["timing"]["step_ms_best"],
+    out["objectives"] = {name: {"batch_size": r["config"]["batch_size"], "step_ms_best": r["timing"]["step_ms_best"],
                                 "samples_per_s": r["timing"]["samples_per_s"],
                                 "analytic_flops_per_sample": r["flops"]["analytic_per_sample"]["total"],
                                 "achieved_tflops": r["throughput"]["achieved_tflops"],
@@ -351,7 +398,7 @@ def compare_objectives(config, notes: dict[str, Any], objectives: list[str]) -> 
     out["objectives"] |= {name: {"error": error} for name, error in errors.items()}
     base = out["objectives"][first]
     out["ratios"] = {f"{name}_over_{first}": {
-        "step_time": round(o["step_ms_best"] / base["step_ms_best"], 4),
+        "time_per_sample": round(base["samples_per_s"] / o["samples_per_s"], 4),
         "analytic_flops": round(o["analytic_flops_per_sample"] / base["analytic_flops_per_sample"], 4)}
         for name, o in out["objectives"].items() if name != first and "error" not in o}
     return out
@@ -362,7 +409,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     notes = _apply_flags(config)
-    print(json.dumps(compare_objectives(config, notes, _OBJECTIVES.value), indent=2))
+    fallbacks = [int(b) for b in _FALLBACK.value]
+    print(json.dumps(compare_objectives(config, notes, _OBJECTIVES.value, fallbacks), indent=2))
 
 
 if __name__ == "__main__":
