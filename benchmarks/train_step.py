@@ -349,23 +349,26 @@ def run_fitting(config, notes: dict[str, Any], fallback_batch_sizes=()) -> dict[
     """
     batches = [config.batch_size] + [b for b in fallback_batch_sizes if b < config.batch_size]
     too_big = []
-    for i, b in enumerate(batches):
-        config.batch_size = b
-        config.total_examples = max(config.total_examples, b)
+
+    def run_at(batch_size: int) -> dict[str, Any]:
+        config.batch_size = batch_size
+        config.total_examples = max(config.total_examples, batch_size)
+        report = run(config, notes)
+        if too_big:
+            report["batch_fallback"] = {"out_of_memory": too_big, "batch_size": batch_size}
+        return report
+
+    for b in batches[:-1]:
         try:
-            report = run(config, notes)
+            return run_at(b)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
-            if not out_of_memory(e) or i == len(batches) - 1:
+            if not out_of_memory(e):
                 raise
             too_big.append({"batch_size": b, "error": f"{type(e).__name__}: {e}"[:300]})
-        else:
-            if too_big:
-                report["batch_fallback"] = {"out_of_memory": too_big, "batch_size": b}
-            return report
-        # The failed attempt's buffers and executables must go before a smaller one allocates.
+        # The failed attempt's buffers and executables must go before a smaller batch allocates.
         gc.collect()
         jax.clear_caches()
-    raise AssertionError("unreachable")
+    return run_at(batches[-1])
 
 
 def compare_objectives(config, notes: dict[str, Any], objectives: list[str],
